@@ -1,0 +1,60 @@
+"""Checkpoints: written atomically, read without running code, checked against the model they load into."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import shown_path
+
+ARCHITECTURE = "resnet18-cifar-stem"  # what helpers.model.resnet18 builds; stored in every checkpoint
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or belongs to another model or configuration."""
+
+
+def save(state: dict, path: Path) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves a broken file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as file:
+        torch.save(state, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+
+
+def load(path: Path) -> dict:
+    """The checkpoint's contents, loaded with weights_only=True so that it cannot run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No checkpoint at {shown_path(path)}: train first (notebook 03 or "
+                              "`python -m helpers.train`), or pass the path of one.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{shown_path(path)} is not a readable checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0]}).") from exc
+    if not isinstance(state, dict) or state.get("architecture") != ARCHITECTURE:
+        found = state.get("architecture", "no architecture tag") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{shown_path(path)} is not a checkpoint of this project's {ARCHITECTURE} "
+                              f"({found}).")
+    return state
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str = "the checkpoint") -> None:
+    """Load a state_dict after checking that every key and shape matches, naming the first that doesn't."""
+    expected = model.state_dict()
+    missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
+    if missing or unexpected:
+        raise CheckpointError(f"{source} holds weights of another architecture: "
+                              f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}.")
+    for key, tensor in expected.items():
+        if weights[key].shape != tensor.shape:
+            raise CheckpointError(f"{source} holds weights of another architecture: {key} has shape "
+                                  f"{tuple(weights[key].shape)}, this model's is {tuple(tensor.shape)}.")
+    model.load_state_dict(weights)

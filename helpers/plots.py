@@ -1,0 +1,132 @@
+"""Every figure of the series, drawn one way and saved to figs/<configuration>/ as PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+from . import config
+
+sns.set_theme(context="notebook", style="whitegrid")
+
+
+def save(fig: plt.Figure, name: str, cfg: config.Config | None = None) -> Path:
+    """figs/<configuration>/<name>.png; returns the path."""
+    path = config.figs_dir(cfg) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Software": None})
+    return path
+
+
+def to_hwc(image: torch.Tensor) -> np.ndarray:
+    """A (3, H, W) uint8 tensor as an (H, W, 3) array for imshow."""
+    return image.permute(1, 2, 0).cpu().numpy()
+
+
+def denormalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalised float images back to uint8, for showing what the network is given."""
+    mean = torch.as_tensor(mean, device=images.device)[:, None, None]
+    std = torch.as_tensor(std, device=images.device)[:, None, None]
+    return ((images.float() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def image_grid(images: torch.Tensor, titles=None, columns: int = 10, size: float = 1.2, suptitle=None) -> plt.Figure:
+    """uint8 images (N, 3, H, W) in a grid, each with an optional title."""
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size * 1.15), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, image) in enumerate(zip(axes.flat, images)):
+        ax.imshow(to_hwc(image), interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def class_counts(counts: pd.DataFrame) -> plt.Figure:
+    """Images per class in each split, as grouped bars."""
+    long = counts.reset_index().melt(id_vars="class", var_name="split", value_name="images")
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    sns.barplot(data=long, x="class", y="images", hue="split", ax=ax)
+    ax.set(xlabel="", title="Images per class")
+    ax.tick_params(axis="x", rotation=30)
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1))
+    return fig
+
+
+def channel_histograms(images: torch.Tensor, mean, std) -> plt.Figure:
+    """Distribution of pixel values per colour channel, with the mean and one std marked."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3), sharey=True)
+    for c, (ax, name, colour) in enumerate(zip(axes, ("red", "green", "blue"), ("tab:red", "tab:green", "tab:blue"))):
+        counts = torch.bincount(images[:, c].flatten(), minlength=256).numpy()
+        ax.fill_between(np.arange(256) / 255, counts / counts.sum(), color=colour, alpha=0.5, step="mid")
+        ax.axvline(mean[c], color="k")
+        ax.axvspan(mean[c] - std[c], mean[c] + std[c], color="k", alpha=0.08)
+        ax.set(title=f"{name}: mean {mean[c]:.3f}, std {std[c]:.3f}", xlabel="pixel value / 255")
+    axes[0].set_ylabel("share of pixels")
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(history: pd.DataFrame) -> plt.Figure:
+    """Loss and accuracy (train and validation) and the learning rate, per epoch."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    history[["train_loss", "val_loss"]].plot(ax=axes[0], marker=".", title="cross-entropy loss")
+    (history[["train_acc", "val_acc"]] * 100).plot(ax=axes[1], marker=".", title="accuracy (%)")
+    history["lr"].plot(ax=axes[2], marker=".", logy=True, title="learning rate", color="tab:purple")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(cm: pd.DataFrame, normalize: bool = False) -> plt.Figure:
+    """A confusion matrix heatmap, in counts or as the share of each true class."""
+    data = cm.div(cm.sum(axis=1), axis=0) if normalize else cm
+    fig, ax = plt.subplots(figsize=(8, 6.5))
+    sns.heatmap(data, annot=True, fmt=".2f" if normalize else "d", cmap="Blues", cbar=False, ax=ax,
+                annot_kws={"fontsize": 8})
+    ax.set(title="share of each true class" if normalize else "test images", xlabel="predicted", ylabel="true")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_bars(report: pd.DataFrame, column: str = "recall") -> plt.Figure:
+    """One bar per class, e.g. recall (= per-class accuracy)."""
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    sns.barplot(x=report.index, y=report[column] * 100, ax=ax, color="tab:blue")
+    ax.set(xlabel="", ylabel=f"{column} (%)", ylim=(0, 100), title=f"per-class {column}")
+    ax.tick_params(axis="x", rotation=30)
+    return fig
+
+
+def reliability_diagram(table: pd.DataFrame, ece: float) -> plt.Figure:
+    """Accuracy against confidence per bin; a calibrated model sits on the diagonal."""
+    used = table[table["count"] > 0]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.bar(used.low, used.accuracy, width=used.high - used.low, align="edge", edgecolor="k", alpha=0.7,
+           label="accuracy in bin")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"reliability (ECE {ece:.3f})")
+    ax.legend(loc="upper left")
+    return fig
+
+
+def feature_maps(maps: torch.Tensor, count: int = 16, columns: int = 8, title=None) -> plt.Figure:
+    """The first `count` channels of one image's (C, H, W) feature maps."""
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.2))
+    for ax, channel in zip(axes.flat, maps[:count]):
+        ax.imshow(channel.float().cpu(), cmap="viridis")
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,349 @@
+"""Training with the recipe: SGD with momentum, ReduceLROnPlateau on the validation loss.
+
+Fast by construction: the uint8 data set lives on the training device, each batch is augmented
+there in one go (augment.py), the forward pass runs under bf16 autocast in channels_last, and the
+loop never waits for the device inside an epoch: losses and accuracies accumulate as tensors and
+are read once per epoch.
+
+Exact to resume: a checkpoint holds model, optimizer, scheduler, scaler and every random state,
+captured at an epoch boundary; training on from it gives the same history as never stopping.
+
+    python -m helpers.train --help
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint, config
+from .augment import augment
+from .config import PRECISIONS, Config, autocast_dtype
+from .data import Datasets, Split
+from .evaluate import logits
+from .model import resnet18
+from .progress import progress
+
+# Settings that may differ between a checkpoint and the run that resumes it.
+RESUMABLE_CHANGES = {"name", "epochs", "compile", "eval_batch_size", "checkpoint_every_s"}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or go on as asked; the message says why."""
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def check_config(cfg: Config) -> None:
+    """Refuse hyperparameters that make no sense, all of them in one message."""
+    rules = [
+        (cfg.epochs >= 1, f"epochs must be at least 1 (got {cfg.epochs})"),
+        (cfg.batch_size >= 1, f"batch_size must be at least 1 (got {cfg.batch_size})"),
+        (cfg.lr > 0 and math.isfinite(cfg.lr), f"lr must be a positive number (got {cfg.lr})"),
+        (0 <= cfg.momentum < 1, f"momentum must be in [0, 1) (got {cfg.momentum})"),
+        (cfg.weight_decay >= 0, f"weight_decay must be at least 0 (got {cfg.weight_decay})"),
+        (0 < cfg.plateau_factor < 1, f"plateau_factor must be in (0, 1) (got {cfg.plateau_factor})"),
+        (cfg.plateau_patience >= 0, f"plateau_patience must be at least 0 (got {cfg.plateau_patience})"),
+        (cfg.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)} (got {cfg.precision!r})"),
+        (0 <= cfg.flip_p <= 1, f"flip_p must be in [0, 1] (got {cfg.flip_p})"),
+        (cfg.crop_padding >= 0 and cfg.cutout_length >= 0 and cfg.cutout_holes >= 0,
+         "crop_padding, cutout_length and cutout_holes must be at least 0"),
+    ]
+    problems = [message for ok, message in rules if not ok]
+    if problems:
+        raise ValueError("Nonsense hyperparameters: " + "; ".join(problems) + ".")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without it is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise TrainingError(f"Device '{name}' was asked for, but no CUDA GPU is available to torch "
+                            f"{torch.__version__} ({build}). Use --device cpu, or --device auto.")
+    return device
+
+
+@dataclass
+class Run:
+    """Everything a checkpoint holds, and the device-resident data it trains on."""
+
+    cfg: Config
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # shuffling and augmentation
+    mean: tuple
+    std: tuple
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    forward: nn.Module | None = None  # the model, compiled when asked
+
+    def __post_init__(self):
+        self.forward = torch.compile(self.model) if self.cfg.compile else self.model
+
+
+def new_run(cfg: Config, device: torch.device, mean, std) -> Run:
+    """A freshly initialised model with the recipe's optimizer, scheduler and seeded generators."""
+    torch.manual_seed(cfg.seed)
+    model = resnet18().to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor,
+                                                           patience=cfg.plateau_patience)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    return Run(cfg, device, model, optimizer, scheduler, scaler, generator, tuple(mean), tuple(std))
+
+
+# ---------------------------------------------------------------- one epoch
+
+
+def train_epoch(run: Run, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over the shuffled training split; returns (mean loss, accuracy) as device tensors."""
+    run.model.train()
+    dtype = autocast_dtype(run.cfg, run.device)
+    loss_sum = torch.zeros((), device=run.device)
+    correct = torch.zeros((), device=run.device, dtype=torch.int64)
+    order = torch.randperm(len(train), device=run.device, generator=run.generator)
+    batches = order.split(run.cfg.batch_size)
+    for index in progress(batches, desc=f"epoch {run.epoch + 1}", unit="batch", leave=False):
+        images = augment(train.images[index], run.mean, run.std, run.cfg, run.generator)
+        if run.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = train.labels[index]
+        with torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None):
+            outputs = run.forward(images)
+            loss = F.cross_entropy(outputs, labels)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        loss_sum += loss.detach().float() * len(labels)
+        correct += (outputs.argmax(1) == labels).sum()
+    return loss_sum / len(train), correct / len(train)
+
+
+def validate(run: Run, val: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean loss, accuracy) on the validation split, as device tensors."""
+    out = logits(run.forward, val.images, run.mean, run.std, run.cfg, run.device)
+    return F.cross_entropy(out, val.labels), (out.argmax(1) == val.labels).float().mean()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def to_cpu(obj):
+    """A copy of nested state with every tensor on the CPU (a snapshot, never a view)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: to_cpu(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(value) for value in obj)
+    return obj
+
+
+def capture(run: Run) -> dict:
+    """The run's complete state at an epoch boundary."""
+    return to_cpu({
+        "architecture": checkpoint.ARCHITECTURE,
+        "config": run.cfg.as_dict(),
+        "epoch": run.epoch,
+        "history": run.history,
+        "mean": list(run.mean),
+        "std": list(run.std),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "generator": run.generator.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    })
+
+
+def restore(run: Run, state: dict) -> None:
+    """Continue from a checkpoint, refusing one of another architecture or configuration."""
+    differences = {key: (value, state["config"].get(key)) for key, value in run.cfg.as_dict().items()
+                   if key not in RESUMABLE_CHANGES and state["config"].get(key) != value}
+    if differences:
+        listed = ", ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, (new, old) in differences.items())
+        raise checkpoint.CheckpointError(f"The checkpoint was trained with another configuration ({listed}).")
+    checkpoint.load_weights(run.model, state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.generator.set_state(state["rng"]["generator"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    run.epoch, run.history = state["epoch"], list(state["history"])
+    run.mean, run.std = tuple(state["mean"]), tuple(state["std"])
+
+
+def write_outputs(state: dict, path: Path) -> None:
+    """The checkpoint, and beside it the history as CSV."""
+    checkpoint.save(state, path)
+    history_frame(state["history"]).to_csv(path.with_name("history.csv"))
+
+
+def history_frame(history: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(history).set_index("epoch") if history else pd.DataFrame()
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def fit(cfg: Config | None = None, datasets: Datasets | None = None, device: str = "auto",
+        checkpoint_path: Path | None = None, resume: bool = False) -> pd.DataFrame:
+    """Train (or resume) a run of `cfg` and return its per-epoch history.
+
+    The checkpoint is written at most every cfg.checkpoint_every_s seconds and after the last
+    epoch; Ctrl-C writes the last completed epoch first; a non-finite loss stops training and
+    keeps the last good epoch's checkpoint.
+    """
+    from .data import prepare
+
+    cfg = cfg or config.active_config()
+    check_config(cfg)
+    device = resolve_device(device)
+    datasets = datasets or prepare(cfg)
+    path = Path(checkpoint_path or config.checkpoint_path(cfg))
+    run = new_run(cfg, device, datasets.mean, datasets.std)
+    if resume:
+        restore(run, checkpoint.load(path))
+    train = Split(datasets.train.images.to(device), datasets.train.labels.to(device))
+    val = Split(datasets.val.images.to(device), datasets.val.labels.to(device))
+    snapshot, written, last_write = None, run.epoch, time.monotonic()
+    epochs = progress(range(run.epoch + 1, cfg.epochs + 1), desc=f"training ({cfg.name}, {device.type})",
+                      unit="epoch", initial=run.epoch, total=cfg.epochs)
+    try:
+        for epoch in epochs:
+            record = run_epoch(run, train, val)
+            if not all(math.isfinite(record[key]) for key in ("train_loss", "val_loss")):
+                raise TrainingError(f"Epoch {epoch}: the loss became {record['train_loss']} (train) / "
+                                    f"{record['val_loss']} (validation); training stopped. The checkpoint "
+                                    f"keeps epoch {snapshot['epoch'] if snapshot else written}, the last good one.")
+            run.history.append(record)
+            run.epoch = epoch
+            snapshot = capture(run)
+            epochs.set_postfix(val_acc=f"{record['val_acc']:.3f}", lr=f"{record['lr']:.3g}")
+            if epoch == cfg.epochs or time.monotonic() - last_write > cfg.checkpoint_every_s:
+                write_outputs(snapshot, path)
+                written, last_write = epoch, time.monotonic()
+    except (KeyboardInterrupt, TrainingError):
+        if snapshot and snapshot["epoch"] != written:
+            write_outputs(snapshot, path)
+            written = snapshot["epoch"]
+        print(f"Stopped; {config.shown_path(path)} holds epoch {written}: resume with "
+              "`python -m helpers.train --resume` or fit(..., resume=True).", file=sys.stderr)
+        raise
+    finally:
+        epochs.close()
+    return history_frame(run.history)
+
+
+def run_epoch(run: Run, train: Split, val: Split) -> dict:
+    """Train one epoch, validate, step the plateau schedule; the epoch's one host sync is here."""
+    start = time.perf_counter()
+    lr = run.optimizer.param_groups[0]["lr"]
+    train_loss, train_acc = train_epoch(run, train)
+    val_loss, val_acc = validate(run, val)
+    train_loss, train_acc, val_loss, val_acc = torch.stack([train_loss, train_acc, val_loss, val_acc]).tolist()
+    seconds = time.perf_counter() - start
+    if math.isfinite(val_loss):
+        run.scheduler.step(val_loss)
+    return {"epoch": run.epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+            "val_acc": val_acc, "lr": lr, "seconds": seconds, "images_per_s": len(train) / seconds}
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    quick = "--quick" in (argv if argv is not None else sys.argv[1:]) or config.quick_mode()
+    base = config.QUICK if quick else config.RECIPE
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.train", description="Train the CIFAR-10 ResNet18 with the recipe.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the quick configuration (5,000 images, 2 epochs)")
+    parser.add_argument("--epochs", type=int, default=base.epochs, help="passes over the training split")
+    parser.add_argument("--batch-size", type=int, default=base.batch_size, help="images per SGD step")
+    parser.add_argument("--lr", type=float, default=base.lr, help="initial learning rate")
+    parser.add_argument("--momentum", type=float, default=base.momentum, help="SGD momentum")
+    parser.add_argument("--weight-decay", type=float, default=base.weight_decay, help="L2 penalty")
+    parser.add_argument("--factor", type=float, default=base.plateau_factor, help="ReduceLROnPlateau factor")
+    parser.add_argument("--patience", type=int, default=base.plateau_patience, help="ReduceLROnPlateau patience")
+    parser.add_argument("--seed", type=int, default=base.seed, help="init, split, shuffling, augmentation")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default=base.precision, help="autocast dtype")
+    parser.add_argument("--val-from-test", action="store_true",
+                        help="the original README's protocol: validate on the test set")
+    parser.add_argument("--data", default=config.data_source(),
+                        help="image folders or a .tar/.tar.gz of them; default: torchvision's download into data/")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: runs/<configuration>/checkpoint.pt")
+    args = parser.parse_args(argv)
+    args.config = base.replace(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, plateau_factor=args.factor, plateau_patience=args.patience,
+        seed=args.seed, precision=args.precision, compile=args.compile,
+        val_from_test=args.val_from_test or base.val_from_test)
+    return args
+
+
+def main(argv=None) -> int:
+    from . import plots
+    from .data import DataError, prepare
+
+    args = parse_args(argv)
+    cfg = args.config
+    try:
+        check_config(cfg)
+        device = resolve_device(args.device)
+        datasets = prepare(cfg, args.data)
+        history = fit(cfg, datasets, str(device), args.checkpoint, args.resume)
+    except (ValueError, TrainingError, DataError, checkpoint.CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    path = Path(args.checkpoint or config.checkpoint_path(cfg))
+    saved = plots.save(plots.learning_curves(history), "learning_curves", cfg)
+    summary = summarize(history, device)
+    path.with_name("metrics.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    print(f"checkpoint: {config.shown_path(path)}; curves: {config.shown_path(saved)}")
+    return 0
+
+
+def summarize(history: pd.DataFrame, device: torch.device) -> dict:
+    """The figures a README reports about a run, with where they were measured."""
+    last = history.iloc[-1]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    return {"device": name, "epochs": int(history.index[-1]), "final_val_acc": round(float(last.val_acc), 4),
+            "best_val_acc": round(float(history.val_acc.max()), 4),
+            "train_seconds": round(float(history.seconds.sum()), 1),
+            "median_epoch_seconds": round(float(history.seconds.median()), 2),
+            "median_images_per_s": round(float(history.images_per_s.median()), 1)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

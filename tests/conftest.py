@@ -1,0 +1,31 @@
+"""Shared fixtures: the real CIFAR-10 (JPEG copy) when it is beside the checkout, and isolated outputs."""
+import os
+from pathlib import Path
+
+import pytest
+
+from helpers import config, data
+
+SHARED_ARCHIVE = config.REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def real_source() -> Path:
+    """CIFAR10_DATA if set, else the project's shared JPEG copy of CIFAR-10; skipped where absent."""
+    source = config.data_source() or (SHARED_ARCHIVE if SHARED_ARCHIVE.exists() else None)
+    if not source or not Path(source).exists():
+        pytest.skip("real CIFAR-10 is absent: set CIFAR10_DATA or put the JPEG copy in ../shared/data/")
+    return Path(source)
+
+
+@pytest.fixture(scope="session")
+def real_raw(real_source):
+    """All 60,000 real images (decoded once, then from the cache)."""
+    return data.load_raw(real_source)
+
+
+@pytest.fixture(autouse=True)
+def isolated_outputs(tmp_path, monkeypatch):
+    """Figures, checkpoints and histories of a test go to its own temporary folder."""
+    monkeypatch.setenv("CIFAR10_OUTPUT", str(tmp_path / "out"))
+    monkeypatch.setenv("CIFAR10_PROGRESS", os.environ.get("CIFAR10_PROGRESS", "off"))

@@ -1,0 +1,172 @@
+"""Loading CIFAR-10: image folders and archives, torchvision's path, bad input, splits, statistics."""
+import pickle
+import tarfile
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import config, data
+from helpers.data import CLASSES, DataError
+
+SMALL = {"train": 2, "test": 1}  # images per class in the small trees these tests write
+
+
+def write_tree(root: Path, per_class=SMALL, size=(32, 32), seed=0) -> dict[str, np.ndarray]:
+    """<root>/<split>/<class>/<n>.png with random pixels; returns the pixels in label order (N, 32, 32, 3)."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split, count in per_class.items():
+        pixels = rng.integers(0, 256, (len(CLASSES) * count, size[1], size[0], 3), dtype=np.uint8)
+        for i, image in enumerate(pixels):
+            folder = root / split / CLASSES[i // count]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i % count:04d}.png")
+        written[split] = pixels
+    return written
+
+
+def make_archive(root: Path, path: Path) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        archive.add(root, arcname="cifar10")
+    return path
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "tar.gz"])
+def test_image_folders_decode_to_the_written_pixels_in_label_order(tmp_path, packed):
+    written = write_tree(tmp_path / "tree")
+    source = make_archive(tmp_path / "tree", tmp_path / "c.tar.gz") if packed else tmp_path / "tree"
+    splits = data.load_raw(source, tmp_path / "cache", per_class=SMALL)
+    for split, pixels in written.items():
+        assert splits[split].images.dtype == torch.uint8
+        assert torch.equal(splits[split].images, torch.from_numpy(pixels).permute(0, 3, 1, 2))
+        assert splits[split].labels.tolist() == [i // SMALL[split] for i in range(len(pixels))]
+
+
+def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
+    write_tree(tmp_path / "tree")
+    first = data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+    monkeypatch.setattr(data, "read_image_folders", lambda *a, **k: pytest.fail("decoded again"))
+    second = data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+    assert torch.equal(first["train"].images, second["train"].images)
+
+
+def test_truncated_archive_names_the_archive(tmp_path):
+    write_tree(tmp_path / "tree")
+    archive = make_archive(tmp_path / "tree", tmp_path / "broken.tar.gz")
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(DataError, match="broken.tar.gz is truncated"):
+        data.load_raw(archive, tmp_path / "cache", per_class=SMALL)
+
+
+def test_undecodable_image_names_the_file(tmp_path):
+    write_tree(tmp_path / "tree")
+    (tmp_path / "tree/train/cat/0001.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"train/cat/0001.png could not be decoded"):
+        data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+
+
+def test_wrong_image_size_is_an_error(tmp_path):
+    write_tree(tmp_path / "tree")
+    Image.new("RGB", (33, 32)).save(tmp_path / "tree/test/ship/0000.png")
+    with pytest.raises(DataError, match=r"test/ship/0000.png is 33x32"):
+        data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+
+
+def test_empty_class_folder_is_an_error(tmp_path):
+    write_tree(tmp_path / "tree")
+    for image in (tmp_path / "tree/train/dog").iterdir():
+        image.unlink()
+    with pytest.raises(DataError, match="'train/dog' is missing or empty"):
+        data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+
+
+def test_unknown_class_folder_is_an_error(tmp_path):
+    write_tree(tmp_path / "tree")
+    (tmp_path / "tree/train/unicorn").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "tree/train/unicorn/0000.png")
+    with pytest.raises(DataError, match="unknown class folder 'train/unicorn'"):
+        data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+
+
+def test_wrong_counts_are_an_error_never_a_partial_data_set(tmp_path):
+    write_tree(tmp_path / "tree")
+    with pytest.raises(DataError, match="holds 2 images, expected 5000"):
+        data.load_raw(tmp_path / "tree", tmp_path / "cache")  # CIFAR-10's real counts
+
+
+def test_missing_source_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        data.load_raw(tmp_path / "nowhere.tar.gz", tmp_path / "cache")
+
+
+def test_no_network_and_no_data_says_where_it_looked_and_what_to_do(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
+    with pytest.raises(DataError) as error:
+        data.load_raw(None, tmp_path / "data")
+    message = str(error.value)
+    assert "cifar-10-batches-py" in message and "could not be downloaded" in message
+    assert "CIFAR10_DATA" in message and "no network" in message
+
+
+def test_torchvision_path_gives_the_same_tensors_as_its_batches(tmp_path, monkeypatch):
+    """torchvision's own CIFAR10 reads fake batch files (its md5 check bypassed); we convert them."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = {name: (rng.integers(0, 256, (4, 3072), dtype=np.uint8), rng.integers(0, 10, 4).tolist())
+               for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    for name, (pixels, labels) in batches.items():
+        (folder / name).write_bytes(pickle.dumps({"data": pixels, "labels": labels}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CLASSES)}))
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *a, **k: True)
+    splits = data.load_raw(None, tmp_path / "data")
+    train_pixels = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)]).reshape(-1, 3, 32, 32)
+    assert torch.equal(splits["train"].images, torch.from_numpy(train_pixels))
+    assert torch.equal(splits["test"].images, torch.from_numpy(batches["test_batch"][0].reshape(-1, 3, 32, 32)))
+    assert splits["test"].labels.tolist() == batches["test_batch"][1]
+
+
+def test_real_data_has_cifar10s_shape_and_counts(real_raw):
+    assert real_raw["train"].images.shape == (50_000, 3, 32, 32)
+    assert real_raw["test"].images.shape == (10_000, 3, 32, 32)
+    assert real_raw["train"].labels.bincount().tolist() == [5000] * 10
+    assert real_raw["test"].labels.bincount().tolist() == [1000] * 10
+
+
+def test_stratified_split_is_disjoint_balanced_and_seeded():
+    labels = torch.arange(10).repeat_interleave(50)
+    rest, held_out = data.stratified_split(labels, 100, seed=3)
+    assert labels[held_out].bincount().tolist() == [10] * 10
+    assert sorted(rest.tolist() + held_out.tolist()) == list(range(500))
+    assert torch.equal(held_out, data.stratified_split(labels, 100, seed=3)[1])
+    assert not torch.equal(held_out, data.stratified_split(labels, 100, seed=4)[1])
+
+
+def test_channel_stats_match_numpy():
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    pixels = images.numpy().transpose(1, 0, 2, 3).reshape(3, -1) / 255
+    mean, std = data.channel_stats(images)
+    np.testing.assert_allclose(mean, pixels.mean(1), rtol=1e-12)
+    np.testing.assert_allclose(std, pixels.std(1, ddof=1), rtol=1e-12)
+
+
+def test_validation_is_held_out_of_training_and_the_test_set_is_untouched(real_raw, real_source):
+    datasets = data.prepare(config.RECIPE, real_source)
+    assert (len(datasets.train), len(datasets.val), len(datasets.test)) == (45_000, 5_000, 10_000)
+    assert datasets.val.labels.bincount().tolist() == [500] * 10
+    assert torch.equal(datasets.test.images, real_raw["test"].images)
+    train_rows = {bytes(x) for x in datasets.train.images[:2000].flatten(1).numpy()}
+    assert not any(bytes(x) in train_rows for x in datasets.val.images.flatten(1).numpy())
+
+
+def test_original_protocol_validates_on_the_test_set(real_source):
+    datasets = data.prepare(config.RECIPE.replace(val_from_test=True), real_source)
+    assert len(datasets.train) == 50_000
+    assert datasets.val is datasets.test
