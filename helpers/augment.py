@@ -38,15 +38,18 @@ def sample_params(n: int, padding: int = 4, flip_p: float = 0.5, holes: int = 1,
     return AugmentParams(offsets, flips, centres)
 
 
-def crop(images: torch.Tensor, offsets: torch.Tensor, padding: int = 4) -> torch.Tensor:
-    """Zero-pad every image by `padding`, then cut each one's window at its own (top, left)."""
+def crop(images: torch.Tensor, offsets: torch.Tensor, padding: int = 4,
+         flips: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero-pad every image, cut each one's window at its own (top, left), and mirror those flagged
+    in `flips`: one gather for the whole batch."""
     n, c, h, w = images.shape
     padded = F.pad(images, (padding,) * 4)
-    rows = (offsets[:, 0, None] + torch.arange(h, device=images.device))[:, None, :, None]
-    cols = (offsets[:, 1, None] + torch.arange(w, device=images.device))[:, None, None, :]
-    batch = torch.arange(n, device=images.device)[:, None, None, None]
-    channel = torch.arange(c, device=images.device)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
+    rows = offsets[:, 0, None] + torch.arange(h, device=images.device)  # (N, H)
+    cols = offsets[:, 1, None] + torch.arange(w, device=images.device)  # (N, W)
+    if flips is not None:
+        cols = torch.where(flips[:, None], cols.flip(1), cols)
+    index = (rows[:, :, None] * (w + 2 * padding) + cols[:, None, :]).flatten(1)  # (N, H*W) into the padded image
+    return padded.flatten(2).gather(2, index[:, None].expand(n, c, -1)).view(n, c, h, w)
 
 
 def flip(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
@@ -73,7 +76,7 @@ def cutout_mask(centres: torch.Tensor, length: int, size: int = 32) -> torch.Ten
 def apply(images: torch.Tensor, params: AugmentParams, mean, std, padding: int = 4,
           cutout_length: int = 16) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> augmented, normalised float32, following the module's order."""
-    x = flip(crop(images, params.offsets, padding), params.flips)
+    x = crop(images, params.offsets, padding, params.flips)
     x = normalize(x, mean, std)
     return x.masked_fill_(cutout_mask(params.centres, cutout_length, x.shape[-1]), 0.0)
 

@@ -61,9 +61,20 @@ def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     state = checkpoint.load(path)
     model = resnet18()
     checkpoint.load_weights(model, state["model"], config.shown_path(path))
-    cfg = Config(**state["config"])
+    cfg = checkpoint_config(state, device)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     return model, state
+
+
+def checkpoint_config(state: dict, device: torch.device) -> Config:
+    """The configuration a checkpoint was trained with, made runnable on `device`."""
+    try:
+        cfg = Config(**state["config"])
+    except TypeError as exc:
+        raise checkpoint.CheckpointError(f"The checkpoint's configuration is not this version's ({exc}).") from exc
+    if cfg.precision == "fp16" and device.type != "cuda":
+        cfg = cfg.replace(precision="bf16")  # fp16 autocast is CUDA-only; the weights are fp32 either way
+    return cfg
 
 
 def predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, cfg: Config,
@@ -121,7 +132,7 @@ def misclassified(p: Predictions, classes=None, k: int | None = None) -> pd.Data
 def reliability_table(p: Predictions, bins: int = 15) -> pd.DataFrame:
     """Per confidence bin: how many predictions, their mean confidence and their accuracy."""
     edges = torch.linspace(0, 1, bins + 1)
-    which = torch.bucketize(p.confidence, edges[1:-1], right=True)  # bin b holds (edges[b], edges[b+1]]
+    which = torch.bucketize(p.confidence, edges[1:-1])  # bin b holds (edges[b], edges[b+1]]
     correct = (p.predicted == p.labels).double()
     rows = []
     for b in range(bins):
@@ -158,7 +169,7 @@ def main(argv=None) -> int:
     try:
         device = resolve_device(args.device)
         model, state = load_model(path, device)
-        cfg = Config(**state["config"])
+        cfg = checkpoint_config(state, device)
         test = prepare(cfg, args.data).test
     except (DataError, TrainingError, checkpoint.CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from . import config
 
@@ -37,7 +38,9 @@ def denormalize(images: torch.Tensor, mean, std) -> torch.Tensor:
 def image_grid(images: torch.Tensor, titles=None, columns: int = 10, size: float = 1.2, suptitle=None) -> plt.Figure:
     """uint8 images (N, 3, H, W) in a grid, each with an optional title."""
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size * 1.15), squeeze=False)
+    title_lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size * (1 + 0.2 * title_lines)),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, image) in enumerate(zip(axes.flat, images)):
@@ -83,6 +86,7 @@ def learning_curves(history: pd.DataFrame) -> plt.Figure:
     history["lr"].plot(ax=axes[2], marker=".", logy=True, title="learning rate", color="tab:purple")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 

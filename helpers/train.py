@@ -256,7 +256,9 @@ def fit(cfg: Config | None = None, datasets: Datasets | None = None, device: str
         raise
     finally:
         epochs.close()
-    return history_frame(run.history)
+    history = history_frame(run.history)
+    path.with_name("metrics.json").write_text(json.dumps(summarize(history, device), indent=2))
+    return history
 
 
 def run_epoch(run: Run, train: Split, val: Split) -> dict:
@@ -282,7 +284,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m helpers.train", description="Train the CIFAR-10 ResNet18 with the recipe.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the quick configuration (5,000 images, 2 epochs)")
+    parser.add_argument("--quick", action="store_true", help="the quick configuration (5,000 images, 2 epochs, lr 0.02)")
     parser.add_argument("--epochs", type=int, default=base.epochs, help="passes over the training split")
     parser.add_argument("--batch-size", type=int, default=base.batch_size, help="images per SGD step")
     parser.add_argument("--lr", type=float, default=base.lr, help="initial learning rate")
@@ -327,10 +329,9 @@ def main(argv=None) -> int:
         return 130
     path = Path(args.checkpoint or config.checkpoint_path(cfg))
     saved = plots.save(plots.learning_curves(history), "learning_curves", cfg)
-    summary = summarize(history, device)
-    path.with_name("metrics.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
-    print(f"checkpoint: {config.shown_path(path)}; curves: {config.shown_path(saved)}")
+    print(json.dumps(summarize(history, device), indent=2))
+    print(f"checkpoint: {config.shown_path(path)} (metrics.json and history.csv beside it); "
+          f"curves: {config.shown_path(saved)}")
     return 0
 
 

@@ -141,7 +141,7 @@ def test_a_checkpoint_of_another_architecture_is_refused(tiny, tmp_path):
 
 def test_a_checkpoint_of_another_configuration_is_refused(tiny, tmp_path):
     fit(tiny, TINY.replace(epochs=1), checkpoint_path=tmp_path / "c.pt")
-    with pytest.raises(CheckpointError, match="lr: 0.1 in the checkpoint, 0.05 now"):
+    with pytest.raises(CheckpointError, match="lr: 0.02 in the checkpoint, 0.05 now"):
         fit(tiny, TINY.replace(lr=0.05), checkpoint_path=tmp_path / "c.pt", resume=True)
 
 
@@ -199,10 +199,11 @@ def test_progress_bars_work_without_a_terminal(tiny, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_a_short_cpu_run_on_real_images_learns(real_source):
-    """3 epochs on 5,000 real images lift validation accuracy from chance (10%) to well above it.
+    """3 epochs of the quick configuration on 5,000 real images lift validation accuracy well above chance.
 
-    Measured here (2 CPU cores, CIFAR-10 JPEG copy, seed 0): see LEARNING_CHECK in the notes below.
+    Measured on 2 CPU cores, CIFAR-10 (JPEG copy): 33.1% (seed 0) and 30.6% (seed 1) after 3 epochs, against
+    10% for chance; 22% keeps a margin of over eight points below the weaker seed and is still twice chance.
     """
     cfg = config.QUICK.replace(name="learning-check", epochs=3, test_limit=1000)
     history = train.fit(cfg, data.prepare(cfg, real_source), device="cpu")
-    assert history.val_acc.iloc[-1] > 0.25
+    assert history.val_acc.iloc[-1] > 0.22

@@ -1,0 +1,138 @@
+"""Augmentation throughput: the batched pipeline (helpers.augment) against the original README's
+per-image torchvision transforms in a DataLoader, on the same real CIFAR-10 training images.
+
+    python benchmarks/augment_throughput.py [--device cuda] [--images 50000]
+
+Both pipelines do the same work: RandomCrop(32, padding=4) -> RandomHorizontalFlip -> ToTensor ->
+Normalize -> Cutout(1, 16) on shuffled training images. The per-image pipeline starts, like
+torchvision's CIFAR10 dataset, from a uint8 array that becomes a PIL image in __getitem__; it
+always runs on the CPU. The pipelines take turns (ROUNDS each, warmed up at every turn) for at
+least --seconds each in all, so that their ratio holds up under background load.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from helpers import augment, data
+from helpers.train import TrainingError, resolve_device
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+BATCH = 128        # the recipe's batch size
+EPOCH_BATCH = 512  # a larger batch for the batched pipeline's passes over the whole set
+ROUNDS = 4         # the pipelines take turns this often, so that a change in background load hits all alike
+WARMUP = 4         # untimed batches at the start of every turn: the DataLoader's prefetch (2 workers x 2)
+
+
+class PerImageAugmented(Dataset):
+    """uint8 images -> PIL -> the README's transform, one image per __getitem__ (as torchvision's CIFAR10)."""
+
+    def __init__(self, images: torch.Tensor, mean, std):
+        self.images, self.transform = images, augment.reference_pipeline(mean, std)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(augment.to_pil(self.images[i]))
+
+
+def real_images(limit: int) -> torch.Tensor:
+    """The first `limit` CIFAR-10 training images (uint8); exit with a message where the data is absent."""
+    source = Path(os.environ.get("CIFAR10_DATA") or SHARED_ARCHIVE)
+    if not source.exists():
+        sys.exit(f"CIFAR-10 (JPEG copy) not found at {source.name}: set CIFAR10_DATA to the archive or image folders.")
+    return data.load_raw(source)["train"].images[:limit]
+
+
+def interleaved_rates(steps: dict, seconds: float, sync) -> dict[str, float]:
+    """Images per second of each step function (one batch per call), timed in ROUNDS turns each."""
+    counts, times = dict.fromkeys(steps, 0), dict.fromkeys(steps, 0.0)
+    for _ in range(ROUNDS):
+        for name, step in steps.items():
+            count, elapsed = timed_turn(step, seconds / ROUNDS, sync)
+            counts[name] += count
+            times[name] += elapsed
+    return {name: counts[name] / times[name] for name in steps}
+
+
+def timed_turn(step, seconds: float, sync) -> tuple[int, float]:
+    """(images, seconds) of calling `step` for at least `seconds`, after WARMUP untimed calls."""
+    for _ in range(WARMUP):
+        step()
+    sync()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        count += step()
+    sync()
+    return count, time.perf_counter() - start
+
+
+def batched_stream(images: torch.Tensor, mean, std, batch: int):
+    """Endless shuffled epochs of batched augmentation on the images' device."""
+    generator = torch.Generator(images.device).manual_seed(0)
+    while True:
+        order = torch.randperm(len(images), device=images.device, generator=generator)
+        for index in order.split(batch):
+            yield augment.augment(images[index], mean, std, generator=generator)
+
+
+def per_image_stream(images: torch.Tensor, mean, std, workers: int):
+    """Endless shuffled epochs of the per-image pipeline in a DataLoader."""
+    loader = DataLoader(PerImageAugmented(images, mean, std), batch_size=BATCH, shuffle=True,
+                        num_workers=workers, persistent_workers=workers > 0)
+    while True:
+        yield from loader
+
+
+def batches_of(stream):
+    """A step for `timed_turn`: take the next batch of `stream`, return its size."""
+    return lambda: len(next(stream))
+
+
+def machine(device: torch.device) -> str:
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none used"
+    return f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), CUDA device: {gpu}"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="device of the batched pipeline: cpu or cuda")
+    parser.add_argument("--images", type=int, default=50_000, help="real training images to draw from")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per pipeline, in all (at least)")
+    args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except TrainingError as exc:  # CUDA asked for but absent
+        sys.exit(f"error: {exc}")
+    images = real_images(args.images)
+    mean, std = data.channel_stats(images)
+    on_device = images.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    steps = {
+        f"batched ({device.type}), batch {BATCH}": batches_of(batched_stream(on_device, mean, std, BATCH)),
+        f"batched ({device.type}), batch {EPOCH_BATCH}, passes over all {len(images):,}":
+            batches_of(batched_stream(on_device, mean, std, EPOCH_BATCH)),
+    }
+    for workers in (0, 2):
+        steps[f"per-image DataLoader, batch {BATCH}, num_workers={workers}"] = batches_of(
+            per_image_stream(images, mean, std, workers))
+    results = interleaved_rates(steps, args.seconds, sync)
+    print(f"machine: {machine(device)}\ndata: CIFAR-10 (JPEG copy), {len(images):,} training images\n")
+    print(f"{'pipeline':<56} {'images/s':>10}")
+    for name, rate in results.items():
+        print(f"{name:<56} {rate:>10,.0f}")
+    batched, _, single, workers = results.values()
+    print(f"\nbatched / per-image: {batched / single:.1f}x  (batch {BATCH}, against num_workers=0; "
+          f"{batched / workers:.1f}x against num_workers=2)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The repository's promises about itself: one set of pinned packages in pyproject.toml and
+environment.yml, notebooks stored as run top to bottom, and one test command for README, make and CI."""
+import json
+import re
+import tomllib
+
+import pytest
+import yaml
+
+from helpers.config import REPO_ROOT
+
+CONDA_TO_PIP = {"pytorch": "torch"}  # conda-forge names that differ from the PyPI ones
+NOT_PACKAGES = {"python", "pip"}     # conda entries that set up the environment itself
+REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:(==|=)\s*([^\s;#]+))?")
+# Absolute paths of the machines the notebooks were run on; spelled out piecewise so this file holds none.
+MACHINE_PATHS = tuple(f"/{root}/" for root in ("work", "tmp", "root", "home"))
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+
+
+def pinned(requirements, rename=None) -> dict[str, str | None]:
+    """{normalised package name: pinned version or None} of requirement strings."""
+    pins = {}
+    for requirement in requirements:
+        match = REQUIREMENT.match(requirement)
+        assert match, f"cannot read the requirement {requirement!r}"
+        name = match.group(1).lower().replace("_", "-")
+        name = (rename or {}).get(name, name)
+        if name not in NOT_PACKAGES:
+            pins[name] = match.group(3)
+    return pins
+
+
+def pyproject_pins() -> dict[str, str | None]:
+    with open(REPO_ROOT / "pyproject.toml", "rb") as file:
+        return pinned(tomllib.load(file)["project"]["dependencies"])
+
+
+def environment_pins() -> dict[str, str | None]:
+    """conda and pip entries of environment.yml together, under their pip names."""
+    entries = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())["dependencies"]
+    conda = [entry for entry in entries if isinstance(entry, str)]
+    pip = [item for entry in entries if isinstance(entry, dict) for item in entry.get("pip", [])]
+    return {**pinned(conda, CONDA_TO_PIP), **pinned(pip)}
+
+
+def test_pyproject_and_environment_yml_pin_the_same_packages_at_the_same_versions():
+    pyproject, environment = pyproject_pins(), environment_pins()
+    problems = [f"{name} is only in pyproject.toml" for name in sorted(pyproject.keys() - environment.keys())]
+    problems += [f"{name} is only in environment.yml" for name in sorted(environment.keys() - pyproject.keys())]
+    problems += [f"{name}: {pyproject[name]} in pyproject.toml, {environment[name]} in environment.yml"
+                 for name in sorted(pyproject.keys() & environment.keys()) if pyproject[name] != environment[name]]
+    assert not problems, "; ".join(problems)
+
+
+def test_the_requirement_reader_tells_names_and_versions_apart():
+    assert pinned(["Foo_Bar==1.2  # comment", "pytorch=2.1", "python=3.11", "pip", "baz"], CONDA_TO_PIP) == \
+        {"foo-bar": "1.2", "torch": "2.1", "baz": None}
+
+
+# ---------------------------------------------------------------- notebooks
+
+
+def code_cells(notebook):
+    return [cell for cell in json.loads(notebook.read_text())["cells"] if cell["cell_type"] == "code"]
+
+
+def stored_text(cell) -> str:
+    """A code cell's source and every stored output, as one string."""
+    return "".join(cell["source"]) + json.dumps(cell.get("outputs", []))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_was_run_top_to_bottom_in_one_kernel(notebook):
+    cells = code_cells(notebook)
+    counts = [cell["execution_count"] for cell in cells]
+    assert counts == list(range(1, len(cells) + 1)), \
+        f"execution counts {counts}: run it top to bottom in a fresh kernel and save it (make series)"
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            if output["output_type"] == "execute_result":
+                assert output["execution_count"] == cell["execution_count"]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_stores_no_errors(notebook):
+    errors = [(cell["execution_count"], output.get("ename")) for cell in code_cells(notebook)
+              for output in cell.get("outputs", []) if output["output_type"] == "error"]
+    assert not errors, f"cells (execution count, error) {errors}"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_holds_no_machine_paths(notebook):
+    found = [(cell["execution_count"], path) for cell in code_cells(notebook)
+             for path in MACHINE_PATHS if path in stored_text(cell)]
+    assert not found, f"cells (execution count, path) {found}"
+
+
+# ---------------------------------------------------------------- one test command
+
+
+def commands(script: str) -> list[str]:
+    """The non-blank, non-comment lines of a shell script."""
+    lines = (line.strip() for line in script.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def make_recipe(makefile: str, target: str) -> list[str]:
+    """The recipe lines (tab-indented) under `target:` in a Makefile."""
+    lines = makefile.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(rf"^{target}:(?!=)(?!.*:=)", line))
+    recipe = []
+    for line in lines[start + 1:]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    return recipe
+
+
+def test_ci_runs_make_test_and_nothing_else_that_tests():
+    lines = commands((REPO_ROOT / ".ci" / "run").read_text())
+    assert "make test" in lines
+    runs_tests = re.compile(r"\b(pytest|nbval|make|python\d*|unittest|tox|nox)\b")
+    others = [line for line in lines if line != "make test" and runs_tests.search(line)]
+    assert not others, f".ci/run also runs {others}"
+
+
+def test_make_test_runs_the_unit_tests_and_the_notebooks_under_nbval():
+    recipe = " ".join(make_recipe((REPO_ROOT / "Makefile").read_text(), "test"))
+    assert re.search(r"-m pytest\b", recipe) and "--nbval" in recipe
+    assert re.search(r"\btests\b", recipe) and re.search(r"\bnotebooks\b", recipe)
+
+
+def test_readme_gives_make_test_as_the_test_command():
+    readme = REPO_ROOT / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md is not written yet")
+    commands_shown = (line.split("#")[0].strip() for line in readme.read_text().splitlines())
+    assert "make test" in commands_shown, "README.md has no line `make test` (a trailing # comment may follow)"
