@@ -34,6 +34,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: $(STAMP)
+	$(PY) benchmarks/data_loading.py
 	$(PY) benchmarks/augment_throughput.py
 	$(PY) benchmarks/training_throughput.py
 

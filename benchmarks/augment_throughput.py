@@ -15,16 +15,13 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from helpers import augment, data
+from helpers import augment, config, data
 from helpers.train import TrainingError, resolve_device
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 BATCH = 128        # the recipe's batch size
 EPOCH_BATCH = 512  # a larger batch for the batched pipeline's passes over the whole set
 ROUNDS = 4         # the pipelines take turns this often, so that a change in background load hits all alike
@@ -46,10 +43,10 @@ class PerImageAugmented(Dataset):
 
 def real_images(limit: int) -> torch.Tensor:
     """The first `limit` CIFAR-10 training images (uint8); exit with a message where the data is absent."""
-    source = Path(os.environ.get("CIFAR10_DATA") or SHARED_ARCHIVE)
-    if not source.exists():
-        sys.exit(f"CIFAR-10 (JPEG copy) not found at {source.name}: set CIFAR10_DATA to the archive or image folders.")
-    return data.load_raw(source)["train"].images[:limit]
+    try:
+        return data.load_raw(config.data_source())["train"].images[:limit]
+    except data.DataError as exc:
+        sys.exit(f"error: {exc}")
 
 
 def interleaved_rates(steps: dict, seconds: float, sync) -> dict[str, float]:
@@ -125,7 +122,7 @@ def main(argv=None) -> None:
         steps[f"per-image DataLoader, batch {BATCH}, num_workers={workers}"] = batches_of(
             per_image_stream(images, mean, std, workers))
     results = interleaved_rates(steps, args.seconds, sync)
-    print(f"machine: {machine(device)}\ndata: CIFAR-10 (JPEG copy), {len(images):,} training images\n")
+    print(f"machine: {machine(device)}\ndata: {config.data_label()}, {len(images):,} training images\n")
     print(f"{'pipeline':<56} {'images/s':>10}")
     for name, rate in results.items():
         print(f"{name:<56} {rate:>10,.0f}")

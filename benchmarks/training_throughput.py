@@ -30,8 +30,6 @@ from helpers import augment, config, data, train
 from helpers.data import Split
 from helpers.model import resnet18
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 BATCH = 128   # images per SGD step, every pipeline
 WARMUP = 2    # untimed steps before each measurement
 WORKERS = 2   # DataLoader processes of the original README's pipeline
@@ -52,10 +50,10 @@ class PerImageAugmented(Dataset):
 
 def real_subset(size: int) -> Split:
     """`size` CIFAR-10 training images chosen with seed 0; exit with a message where the data is absent."""
-    source = Path(os.environ.get("CIFAR10_DATA") or SHARED_ARCHIVE)
-    if not source.exists():
-        sys.exit(f"CIFAR-10 (JPEG copy) not found at {source.name}: set CIFAR10_DATA to the archive or image folders.")
-    images = data.load_raw(source)["train"]
+    try:
+        images = data.load_raw(config.data_source())["train"]
+    except data.DataError as exc:
+        sys.exit(f"error: {exc}")
     return images.subset(torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:size])
 
 
@@ -125,16 +123,10 @@ def interleaved_seconds(steps: dict, count: int, sync) -> dict[str, float]:
 # ---------------------------------------------------------------- report
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
-
-
 def report(results: dict[str, float], images: int, device: torch.device, compiled: bool) -> dict:
     """Print the table and return the same figures for JSON."""
     baseline = images / results["original README"]
-    print(f"device: {device_name(device)}; torch {torch.__version__}; data: CIFAR-10 (JPEG copy), "
+    print(f"device: {train.device_name(device)}; torch {torch.__version__}; data: {config.data_label()}, "
           f"{images:,} training images; batch size {BATCH}{'; this project compiled' if compiled else ''}\n")
     print(f"{'pipeline':<40} {'images/s':>9} {'seconds':>8} {'speed-up':>9}")
     rows = []
@@ -144,7 +136,7 @@ def report(results: dict[str, float], images: int, device: torch.device, compile
                      "speedup": round(rate / baseline, 2)})
         print(f"{name:<40} {rate:>9.1f} {seconds:>8.2f} {rate / baseline:>8.2f}x")
     print(f"\nthis project / original README: {rows[-1]['speedup']:.1f}x")
-    return {"device": device_name(device), "torch": torch.__version__, "data": "CIFAR-10 (JPEG copy)",
+    return {"device": train.device_name(device), "torch": torch.__version__, "data": config.data_label(),
             "images": images, "batch_size": BATCH, "compile": compiled, "results": rows}
 
 

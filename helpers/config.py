@@ -82,6 +82,14 @@ def data_source() -> str | None:
     return os.environ.get("CIFAR10_DATA") or None
 
 
+def data_label(source: str | None = None) -> str:
+    """How results name their data: a JPEG copy of CIFAR-10 is not the original (its pixels differ)."""
+    source = data_source() if source is None else source
+    if source is None:
+        return "CIFAR-10"
+    return "CIFAR-10 (JPEG copy)" if "jpeg" in Path(source).name.lower() else "CIFAR-10 (image folders)"
+
+
 def output_root() -> Path:
     """CIFAR10_OUTPUT (relative paths count from the repository, wherever the kernel starts), or the repository."""
     return (REPO_ROOT / os.environ.get("CIFAR10_OUTPUT", "")).resolve()

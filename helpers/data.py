@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -245,10 +246,8 @@ def prepare(cfg: config.Config | None = None, source: str | Path | None = None,
     return Datasets(train, val, test, mean, std)
 
 
-def class_counts(datasets: Datasets) -> "pandas.DataFrame":
+def class_counts(datasets: Datasets) -> pd.DataFrame:
     """Images per class in each split, one row per class."""
-    import pandas as pd
-
     splits = {"train": datasets.train, "validation": datasets.val, "test": datasets.test}
     counts = {name: Counter(split.labels.tolist()) for name, split in splits.items()}
     return pd.DataFrame({name: [c[i] for i in range(len(CLASSES))] for name, c in counts.items()},

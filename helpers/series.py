@@ -60,7 +60,9 @@ def execute(path) -> None:
     """Run one notebook in a fresh kernel started in notebooks/, and store it with its outputs."""
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=None, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+                            resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
+                            # let the kernel's own stderr (progress bars) reach this terminal, not the notebook
+                            extra_arguments=["--IPKernelApp.capture_fd_output=False"])
     client.execute()
     nbformat.write(notebook, path)
 

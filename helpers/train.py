@@ -335,11 +335,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def device_name(device: torch.device) -> str:
+    """The hardware a figure was measured on, as results state it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
 def summarize(history: pd.DataFrame, device: torch.device) -> dict:
     """The figures a README reports about a run, with where they were measured."""
     last = history.iloc[-1]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    return {"device": name, "epochs": int(history.index[-1]), "final_val_acc": round(float(last.val_acc), 4),
+    return {"device": device_name(device), "data": config.data_label(), "epochs": int(history.index[-1]), "final_val_acc": round(float(last.val_acc), 4),
             "best_val_acc": round(float(history.val_acc.max()), 4),
             "train_seconds": round(float(history.seconds.sum()), 1),
             "median_epoch_seconds": round(float(history.seconds.median()), 2),

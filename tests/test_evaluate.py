@@ -8,9 +8,9 @@ import pytest
 import torch
 from torchvision.models import resnet18 as imagenet_resnet18
 
-from helpers import checkpoint, config, data, evaluate, train
+from helpers import checkpoint, config, evaluate, train
 from helpers.checkpoint import CheckpointError
-from helpers.data import CLASSES, Datasets, Split
+from helpers.data import CLASSES
 from helpers.evaluate import Predictions
 
 TINY = config.QUICK.replace(name="tiny", epochs=1, batch_size=32, checkpoint_every_s=0)
@@ -122,16 +122,6 @@ def test_a_confidence_on_a_bin_edge_belongs_to_the_bin_it_closes():
 
 
 # ---------------------------------------------------------------- checkpoints
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    """128 training and 64 validation/test images of random pixels, labelled by brightness."""
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (192, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    labels = (images.float().mean((1, 2, 3)) * 10 / 256).long().clamp(0, 9)
-    train_split, held_out = Split(images[:128], labels[:128]), Split(images[128:], labels[128:])
-    return Datasets(train_split, held_out, held_out, *data.channel_stats(train_split.images))
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 """Training: the recipe's optimizer and schedule, exact resume, Ctrl-C, divergence, clear errors, learning."""
-import math
 
 import pandas as pd
 import pytest
@@ -7,21 +6,10 @@ import torch
 
 from helpers import checkpoint, config, data, train
 from helpers.checkpoint import CheckpointError
-from helpers.data import Datasets, Split
 from helpers.train import TrainingError
 
 TINY = config.QUICK.replace(name="tiny", epochs=2, batch_size=32, plateau_patience=0, checkpoint_every_s=0)
 MEASURED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # all but the timings
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    """128 training and 64 validation images of random pixels, labelled by brightness."""
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (192, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    labels = (images.float().mean((1, 2, 3)) * 10 / 256).long().clamp(0, 9)
-    train_split, val = Split(images[:128], labels[:128]), Split(images[128:], labels[128:])
-    return Datasets(train_split, val, val, *data.channel_stats(train_split.images))
 
 
 def fit(tiny, cfg=TINY, **kwargs):

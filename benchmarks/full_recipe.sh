@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The full recipe once on this machine's GPU, with both throughput benchmarks; small result files go
+# to OUTDIR (logs, history.csv, metrics.json, test metrics with and without flip TTA, learning curves,
+# confusion matrix).
+#
+#   benchmarks/full_recipe.sh OUTDIR [extra helpers.train flags, e.g. --compile]
+#
+# DEVICE (default cuda) and PYTHON (default python3) may be set; CIFAR10_DATA selects the data as everywhere.
+set -euo pipefail
+out=${1:?usage: benchmarks/full_recipe.sh OUTDIR [helpers.train flags]}
+shift
+py=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+mkdir -p "$out"
+export CIFAR10_OUTPUT="$out/output" CIFAR10_PROGRESS=off PYTHONUNBUFFERED=1
+
+"$py" -c 'import torch; print("torch", torch.__version__, "| device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")' | tee "$out/machine.txt"
+"$py" benchmarks/augment_throughput.py --device "$device" | tee "$out/augment_throughput.txt"
+"$py" benchmarks/training_throughput.py --device "$device" --json "$out/training_throughput.json" | tee "$out/training_throughput.txt"
+"$py" -m helpers.train --device "$device" "$@" | tee "$out/train.txt"
+run=$(ls -d "$out"/output/runs/*/ | head -n 1)
+"$py" -m helpers.evaluate --device "$device" --checkpoint "$run/checkpoint.pt" --tta > "$out/test_metrics_tta.txt"
+"$py" -m helpers.evaluate --device "$device" --checkpoint "$run/checkpoint.pt" | tee "$out/test_metrics.txt"  # figures without TTA
+cp "$run/history.csv" "$run/metrics.json" "$out/"
+cp "$out"/output/figs/*/learning_curves.png "$out"/output/figs/*/confusion_matrix_normalized.png "$out/"
