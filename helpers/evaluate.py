@@ -17,7 +17,8 @@ from torch import nn
 from . import checkpoint, config
 from .augment import normalize
 from .config import Config, autocast_dtype
-from .data import CLASSES
+from .data import CLASSES, DataError, prepare
+from .model import resnet18
 
 
 @torch.no_grad()
@@ -56,8 +57,6 @@ class Predictions:
 
 def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     """The model of a checkpoint, on `device`, and the checkpoint's contents."""
-    from .model import resnet18
-
     state = checkpoint.load(path)
     model = resnet18()
     checkpoint.load_weights(model, state["model"], config.shown_path(path))
@@ -154,9 +153,8 @@ def expected_calibration_error(table: pd.DataFrame) -> float:
 
 
 def main(argv=None) -> int:
-    from . import plots
-    from .data import DataError, prepare
-    from .train import TrainingError, resolve_device
+    from . import plots  # matplotlib: only the command line draws here
+    from .train import TrainingError, resolve_device  # train imports this module
 
     parser = argparse.ArgumentParser(prog="python -m helpers.evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="Evaluate a checkpoint on the CIFAR-10 test set.")

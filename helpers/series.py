@@ -50,7 +50,9 @@ def warn_without_gpu(cfg: config.Config) -> None:
     if torch.cuda.is_available() or cfg.name != "recipe":
         return
     print("No CUDA GPU found: timing a few training steps on this CPU ...", flush=True)
+    os.environ["CIFAR10_PROGRESS"], mode = "off", os.environ.get("CIFAR10_PROGRESS", "auto")
     hours = estimated_hours(cfg)
+    os.environ["CIFAR10_PROGRESS"] = mode
     print(f"The full recipe ({cfg.epochs} epochs) would take about {hours:.0f} hours here (training alone).\n"
           "For the quick configuration (a 5,000-image subset, 2 epochs: minutes), stop with Ctrl-C and run\n"
           "    make series QUICK=1      (or: python -m helpers.series --quick)\n", flush=True)

@@ -28,7 +28,7 @@ from torch import nn
 from . import checkpoint, config
 from .augment import augment
 from .config import PRECISIONS, Config, autocast_dtype
-from .data import Datasets, Split
+from .data import DataError, Datasets, Split, prepare
 from .evaluate import logits
 from .model import resnet18
 from .progress import progress
@@ -218,8 +218,6 @@ def fit(cfg: Config | None = None, datasets: Datasets | None = None, device: str
     epoch; Ctrl-C writes the last completed epoch first; a non-finite loss stops training and
     keeps the last good epoch's checkpoint.
     """
-    from .data import prepare
-
     cfg = cfg or config.active_config()
     check_config(cfg)
     device = resolve_device(device)
@@ -251,8 +249,11 @@ def fit(cfg: Config | None = None, datasets: Datasets | None = None, device: str
         if snapshot and snapshot["epoch"] != written:
             write_outputs(snapshot, path)
             written = snapshot["epoch"]
-        print(f"Stopped; {config.shown_path(path)} holds epoch {written}: resume with "
-              "`python -m helpers.train --resume` or fit(..., resume=True).", file=sys.stderr)
+        if written:
+            print(f"Stopped; {config.shown_path(path)} holds epoch {written}: resume with "
+                  "`python -m helpers.train --resume` or fit(..., resume=True).", file=sys.stderr)
+        else:
+            print("Stopped before the first epoch ended; nothing was saved.", file=sys.stderr)
         raise
     finally:
         epochs.close()
@@ -312,8 +313,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from . import plots
-    from .data import DataError, prepare
+    from . import plots  # matplotlib: only the command line draws here
 
     args = parse_args(argv)
     cfg = args.config
