@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from helpers import augment, config, data
-from helpers.train import TrainingError, resolve_device
+from helpers.device import DeviceError, resolve_device
 
 BATCH = 128        # the recipe's batch size
 EPOCH_BATCH = 512  # a larger batch for the batched pipeline's passes over the whole set
@@ -107,7 +107,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
-    except TrainingError as exc:  # CUDA asked for but absent
+    except DeviceError as exc:  # CUDA asked for but absent
         sys.exit(f"error: {exc}")
     images = real_images(args.images)
     mean, std = data.channel_stats(images)

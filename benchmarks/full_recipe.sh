@@ -9,9 +9,11 @@
 set -euo pipefail
 out=${1:?usage: benchmarks/full_recipe.sh OUTDIR [helpers.train flags]}
 shift
+mkdir -p "$out" && out=$(cd "$out" && pwd)
+cd "$(dirname "$0")/.."                                   # the repository: helpers/ imports without an install
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
-mkdir -p "$out"
 export CIFAR10_OUTPUT="$out/output" CIFAR10_PROGRESS=off PYTHONUNBUFFERED=1
 
 "$py" -c 'import torch; print("torch", torch.__version__, "| device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")' | tee "$out/machine.txt"

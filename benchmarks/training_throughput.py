@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from helpers import augment, config, data, train
 from helpers.data import Split
+from helpers.device import DeviceError, device_name, resolve_device
 from helpers.model import resnet18
 
 BATCH = 128   # images per SGD step, every pipeline
@@ -126,7 +127,7 @@ def interleaved_seconds(steps: dict, count: int, sync) -> dict[str, float]:
 def report(results: dict[str, float], images: int, device: torch.device, compiled: bool) -> dict:
     """Print the table and return the same figures for JSON."""
     baseline = images / results["original README"]
-    print(f"device: {train.device_name(device)}; torch {torch.__version__}; data: {config.data_label()}, "
+    print(f"device: {device_name(device)}; torch {torch.__version__}; data: {config.data_label()}, "
           f"{images:,} training images; batch size {BATCH}{'; this project compiled' if compiled else ''}\n")
     print(f"{'pipeline':<40} {'images/s':>9} {'seconds':>8} {'speed-up':>9}")
     rows = []
@@ -136,7 +137,7 @@ def report(results: dict[str, float], images: int, device: torch.device, compile
                      "speedup": round(rate / baseline, 2)})
         print(f"{name:<40} {rate:>9.1f} {seconds:>8.2f} {rate / baseline:>8.2f}x")
     print(f"\nthis project / original README: {rows[-1]['speedup']:.1f}x")
-    return {"device": train.device_name(device), "torch": torch.__version__, "data": config.data_label(),
+    return {"device": device_name(device), "torch": torch.__version__, "data": config.data_label(),
             "images": images, "batch_size": BATCH, "compile": compiled, "results": rows}
 
 
@@ -152,8 +153,8 @@ def main(argv=None) -> None:
     if count < 1:
         parser.error(f"--images must be at least the batch size, {BATCH}")
     try:
-        device = train.resolve_device(args.device)
-    except train.TrainingError as exc:  # CUDA asked for but absent
+        device = resolve_device(args.device)
+    except DeviceError as exc:  # CUDA asked for but absent
         sys.exit(f"error: {exc}")
     split = real_subset(count * BATCH)
     mean, std = data.channel_stats(split.images)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torchvision import transforms
+from torchvision.transforms import functional as TF
 
 from .config import RECIPE
 
@@ -87,6 +88,27 @@ def augment(images: torch.Tensor, mean, std, cfg=None, generator: torch.Generato
     params = sample_params(len(images), cfg.crop_padding, cfg.flip_p, cfg.cutout_holes, images.shape[-1],
                            images.device, generator)
     return apply(images, params, mean, std, cfg.crop_padding, cfg.cutout_length)
+
+
+def apply_one(image: torch.Tensor, top: int, left: int, flipped: bool, centres, mean, std,
+              padding: int = 4, cutout_length: int = 16) -> torch.Tensor:
+    """The same steps for one uint8 (3, H, W) image with torchvision's functional ops: the per-image
+    reference that the batched `apply` is checked against (tests, notebook 01)."""
+    size = image.shape[-1]
+    x = TF.crop(TF.pad(image, [padding]), top, left, size, size)
+    x = TF.normalize((TF.hflip(x) if flipped else x).float() / 255, mean, std)
+    half = cutout_length // 2
+    for y, c in centres:  # zero a square around each centre, clipped at the border
+        x[:, max(y - half, 0):y + half, max(c - half, 0):c + half] = 0
+    return x
+
+
+def apply_per_image(images: torch.Tensor, params: AugmentParams, mean, std, padding: int = 4,
+                    cutout_length: int = 16) -> torch.Tensor:
+    """`apply_one` image by image, with the batch's drawn choices."""
+    return torch.stack([apply_one(image, top, left, flipped, centres, mean, std, padding, cutout_length)
+                        for image, (top, left), flipped, centres in zip(
+                            images, params.offsets.tolist(), params.flips.tolist(), params.centres.tolist())])
 
 
 class Cutout:

@@ -64,7 +64,8 @@ RECIPE = Config()
 # A small real subset and 2 epochs: the whole series runs under nbval on 2 CPU cores in minutes.
 # lr 0.1 suits the recipe's 350 steps an epoch; with 40 it spends the run recovering from its first
 # steps (3 epochs on 5,000 images, CIFAR-10 JPEG copy, 2 CPU cores: 14.9% validation accuracy at
-# lr 0.1, 33.1% at lr 0.02), so the quick configuration uses 0.02 to show learning.
+# lr 0.1, 33.1% at lr 0.02), so the quick configuration uses 0.02 to show learning. Reproduce with
+# `python -m helpers.train --quick --epochs 3 --lr 0.1` and the same without --lr.
 QUICK = RECIPE.replace(name="quick", epochs=2, train_limit=5000, val_size=1000, test_limit=2000, lr=0.02)
 
 

@@ -53,6 +53,7 @@ class Datasets:
     test: Split
     mean: tuple[float, float, float]  # per channel, in [0, 1], of the training split
     std: tuple[float, float, float]
+    label: str = "CIFAR-10"  # how results name the data, e.g. "CIFAR-10 (JPEG copy)"
     classes: tuple[str, ...] = CLASSES
 
 
@@ -86,7 +87,8 @@ def read_cache(path: Path) -> dict[str, Split]:
     try:
         saved = torch.load(path, weights_only=True)
     except Exception as exc:
-        raise DataError(f"The decoded-data cache {path} is unreadable ({exc}); delete it to rebuild.") from exc
+        raise DataError(f"The decoded-data cache {config.shown_path(path)} is unreadable ({exc}); "
+                        "delete it to rebuild.") from exc
     return {name: Split(*saved[name]) for name in ("train", "test")}
 
 
@@ -231,7 +233,8 @@ def prepare(cfg: config.Config | None = None, source: str | Path | None = None,
             data_dir: Path = config.DATA_DIR) -> Datasets:
     """The train / validation / test splits of a configuration, and the training split's statistics."""
     cfg = cfg or config.active_config()
-    raw = load_raw(config.data_source() if source is None else source, data_dir)
+    source = config.data_source() if source is None else source
+    raw = load_raw(source, data_dir)
     train, test = raw["train"], raw["test"]
     if cfg.test_limit:
         test = test.subset(stratified_split(test.labels, cfg.test_limit, cfg.seed)[1])
@@ -243,7 +246,7 @@ def prepare(cfg: config.Config | None = None, source: str | Path | None = None,
     if cfg.train_limit:
         train = train.subset(stratified_split(train.labels, cfg.train_limit, cfg.seed + 1)[1])
     mean, std = channel_stats(train.images)
-    return Datasets(train, val, test, mean, std)
+    return Datasets(train, val, test, mean, std, config.data_label(source))
 
 
 def class_counts(datasets: Datasets) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from . import checkpoint, config
 from .augment import normalize
 from .config import Config, autocast_dtype
 from .data import CLASSES, DataError, prepare
+from .device import DeviceError, resolve_device
 from .model import resnet18
 
 
@@ -28,6 +29,7 @@ def logits(model: nn.Module, images: torch.Tensor, mean, std, cfg: Config, devic
     each image and its mirror image (so cross_entropy on the result stays meaningful)."""
     model.eval()
     dtype = autocast_dtype(cfg, device)
+    mean, std = (torch.tensor(v, device=device) for v in (mean, std))  # copied once, not per chunk
     scores = []
     for chunk in images.split(cfg.eval_batch_size):
         x = normalize(chunk.to(device, non_blocking=True), mean, std)
@@ -154,7 +156,6 @@ def expected_calibration_error(table: pd.DataFrame) -> float:
 
 def main(argv=None) -> int:
     from . import plots  # matplotlib: only the command line draws here
-    from .train import TrainingError, resolve_device  # train imports this module
 
     parser = argparse.ArgumentParser(prog="python -m helpers.evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="Evaluate a checkpoint on the CIFAR-10 test set.")
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
         model, state = load_model(path, device)
         cfg = checkpoint_config(state, device)
         test = prepare(cfg, args.data).test
-    except (DataError, TrainingError, checkpoint.CheckpointError) as exc:
+    except (DataError, DeviceError, checkpoint.CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     p = predict(model, test.images, test.labels, state["mean"], state["std"], cfg, device, args.tta)

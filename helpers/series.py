@@ -31,7 +31,8 @@ def notebooks(only: list[str] | None = None) -> list:
 def estimated_hours(cfg: config.Config, steps: int = 3) -> float:
     """Time a few real training steps on this machine and extrapolate to the configuration's epochs."""
     from .data import Split
-    from .train import new_run, resolve_device, train_epoch
+    from .device import resolve_device
+    from .train import new_run, train_epoch
 
     device = resolve_device("auto")
     run = new_run(cfg, device, (0.5,) * 3, (0.25,) * 3)
@@ -51,8 +52,10 @@ def warn_without_gpu(cfg: config.Config) -> None:
         return
     print("No CUDA GPU found: timing a few training steps on this CPU ...", flush=True)
     os.environ["CIFAR10_PROGRESS"], mode = "off", os.environ.get("CIFAR10_PROGRESS", "auto")
-    hours = estimated_hours(cfg)
-    os.environ["CIFAR10_PROGRESS"] = mode
+    try:
+        hours = estimated_hours(cfg)
+    finally:
+        os.environ["CIFAR10_PROGRESS"] = mode
     print(f"The full recipe ({cfg.epochs} epochs) would take about {hours:.0f} hours here (training alone).\n"
           "For the quick configuration (a 5,000-image subset, 2 epochs: minutes), stop with Ctrl-C and run\n"
           "    make series QUICK=1      (or: python -m helpers.series --quick)\n", flush=True)
@@ -64,7 +67,8 @@ def execute(path) -> None:
     client = NotebookClient(notebook, timeout=None, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
                             # let the kernel's own stderr (progress bars) reach this terminal, not the notebook
-                            extra_arguments=["--IPKernelApp.capture_fd_output=False"])
+                            extra_arguments=["--IPKernelApp.capture_fd_output=False"],
+                            record_timing=False)  # no timestamps in the stored notebooks
     client.execute()
     nbformat.write(notebook, path)
 

@@ -29,6 +29,7 @@ from . import checkpoint, config
 from .augment import augment
 from .config import PRECISIONS, Config, autocast_dtype
 from .data import DataError, Datasets, Split, prepare
+from .device import DeviceError, device_name, resolve_device
 from .evaluate import logits
 from .model import resnet18
 from .progress import progress
@@ -62,18 +63,6 @@ def check_config(cfg: Config) -> None:
     problems = [message for ok, message in rules if not ok]
     if problems:
         raise ValueError("Nonsense hyperparameters: " + "; ".join(problems) + ".")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without it is an error, not a silent CPU run."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise TrainingError(f"Device '{name}' was asked for, but no CUDA GPU is available to torch "
-                            f"{torch.__version__} ({build}). Use --device cpu, or --device auto.")
-    return device
 
 
 @dataclass
@@ -123,8 +112,9 @@ def train_epoch(run: Run, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
     correct = torch.zeros((), device=run.device, dtype=torch.int64)
     order = torch.randperm(len(train), device=run.device, generator=run.generator)
     batches = order.split(run.cfg.batch_size)
+    mean, std = (torch.tensor(v, device=run.device) for v in (run.mean, run.std))  # copied once, not per step
     for index in progress(batches, desc=f"epoch {run.epoch + 1}", unit="batch", leave=False):
-        images = augment(train.images[index], run.mean, run.std, run.cfg, run.generator)
+        images = augment(train.images[index], mean, std, run.cfg, run.generator)
         if run.cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = train.labels[index]
@@ -164,6 +154,7 @@ def capture(run: Run) -> dict:
     """The run's complete state at an epoch boundary."""
     return to_cpu({
         "architecture": checkpoint.ARCHITECTURE,
+        "device_type": run.device.type,  # random generator states differ between CPU and CUDA
         "config": run.cfg.as_dict(),
         "epoch": run.epoch,
         "history": run.history,
@@ -185,6 +176,9 @@ def restore(run: Run, state: dict) -> None:
     if differences:
         listed = ", ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, (new, old) in differences.items())
         raise checkpoint.CheckpointError(f"The checkpoint was trained with another configuration ({listed}).")
+    if state.get("device_type", run.device.type) != run.device.type:
+        raise checkpoint.CheckpointError(f"The checkpoint was trained on {state['device_type']}; resume it there "
+                                         f"(its random states do not carry over to {run.device.type}).")
     checkpoint.load_weights(run.model, state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -235,9 +229,11 @@ def fit(cfg: Config | None = None, datasets: Datasets | None = None, device: str
         for epoch in epochs:
             record = run_epoch(run, train, val)
             if not all(math.isfinite(record[key]) for key in ("train_loss", "val_loss")):
+                kept = snapshot["epoch"] if snapshot else written
                 raise TrainingError(f"Epoch {epoch}: the loss became {record['train_loss']} (train) / "
-                                    f"{record['val_loss']} (validation); training stopped. The checkpoint "
-                                    f"keeps epoch {snapshot['epoch'] if snapshot else written}, the last good one.")
+                                    f"{record['val_loss']} (validation); training stopped. " +
+                                    (f"The checkpoint keeps epoch {kept}, the last good one." if kept else
+                                     "No epoch had finished, so nothing was saved; try a smaller learning rate."))
             run.history.append(record)
             run.epoch = epoch
             snapshot = capture(run)
@@ -245,7 +241,7 @@ def fit(cfg: Config | None = None, datasets: Datasets | None = None, device: str
             if epoch == cfg.epochs or time.monotonic() - last_write > cfg.checkpoint_every_s:
                 write_outputs(snapshot, path)
                 written, last_write = epoch, time.monotonic()
-    except (KeyboardInterrupt, TrainingError):
+    except BaseException:  # Ctrl-C, a diverged loss, out of memory: keep the last finished epoch
         if snapshot and snapshot["epoch"] != written:
             write_outputs(snapshot, path)
             written = snapshot["epoch"]
@@ -258,7 +254,7 @@ def fit(cfg: Config | None = None, datasets: Datasets | None = None, device: str
     finally:
         epochs.close()
     history = history_frame(run.history)
-    path.with_name("metrics.json").write_text(json.dumps(summarize(history, device), indent=2))
+    path.with_name("metrics.json").write_text(json.dumps(summarize(history, device, datasets.label), indent=2))
     return history
 
 
@@ -322,30 +318,23 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
         datasets = prepare(cfg, args.data)
         history = fit(cfg, datasets, str(device), args.checkpoint, args.resume)
-    except (ValueError, TrainingError, DataError, checkpoint.CheckpointError) as exc:
+    except (ValueError, TrainingError, DeviceError, DataError, checkpoint.CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     path = Path(args.checkpoint or config.checkpoint_path(cfg))
     saved = plots.save(plots.learning_curves(history), "learning_curves", cfg)
-    print(json.dumps(summarize(history, device), indent=2))
+    print(json.dumps(summarize(history, device, datasets.label), indent=2))
     print(f"checkpoint: {config.shown_path(path)} (metrics.json and history.csv beside it); "
           f"curves: {config.shown_path(saved)}")
     return 0
 
 
-def device_name(device: torch.device) -> str:
-    """The hardware a figure was measured on, as results state it."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
-
-
-def summarize(history: pd.DataFrame, device: torch.device) -> dict:
+def summarize(history: pd.DataFrame, device: torch.device, data_label: str) -> dict:
     """The figures a README reports about a run, with where they were measured."""
     last = history.iloc[-1]
-    return {"device": device_name(device), "data": config.data_label(), "epochs": int(history.index[-1]), "final_val_acc": round(float(last.val_acc), 4),
+    return {"device": device_name(device), "data": data_label, "epochs": int(history.index[-1]), "final_val_acc": round(float(last.val_acc), 4),
             "best_val_acc": round(float(history.val_acc.max()), 4),
             "train_seconds": round(float(history.seconds.sum()), 1),
             "median_epoch_seconds": round(float(history.seconds.median()), 2),

@@ -17,6 +17,11 @@ def chi_square_p(observed: torch.Tensor, expected: torch.Tensor) -> float:
     return float(1 - Chi2(torch.tensor(float(len(observed) - 1))).cdf(statistic))
 
 
+def random_images(n: int, seed: int = 0) -> torch.Tensor:
+    """uint8 images with every pixel value possible: what the ops see, without needing the data set."""
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
 def torchvision_augment(image: torch.Tensor, top: int, left: int, flip: bool, centre) -> torch.Tensor:
     """The per-image pipeline with fixed random choices: pad, crop, flip, to [0,1], normalise, cut."""
     x = TF.crop(TF.pad(image, [4]), top, left, 32, 32)
@@ -27,8 +32,8 @@ def torchvision_augment(image: torch.Tensor, top: int, left: int, flip: bool, ce
     return x
 
 
-def test_crop_at_every_offset_equals_torchvision_pad_then_crop(real_raw):
-    images = real_raw["train"].images[:81]
+def test_crop_at_every_offset_equals_torchvision_pad_then_crop():
+    images = random_images(81)
     batched = augment.crop(images, ALL_OFFSETS, padding=4)
     for image, out, (top, left) in zip(images, batched, ALL_OFFSETS.tolist()):
         assert torch.equal(out, TF.crop(TF.pad(image, [4]), top, left, 32, 32))
@@ -45,10 +50,10 @@ def test_all_81_crop_offsets_occur_uniformly():
     assert chi_square_p(counts, torch.full((81,), n / 81)) > 1e-3
 
 
-def test_flip_rate_is_one_half_and_flips_match_torchvision(real_raw):
+def test_flip_rate_is_one_half_and_flips_match_torchvision():
     flips = augment.sample_params(20_000, generator=torch.Generator().manual_seed(1)).flips
     assert abs(flips.double().mean().item() - 0.5) < 0.015  # 4 standard deviations of a fair coin
-    images = real_raw["train"].images[:8]
+    images = random_images(8)
     chosen = torch.tensor([True, False] * 4)
     for image, out, flip in zip(images, augment.flip(images, chosen), chosen):
         assert torch.equal(out, TF.hflip(image) if flip else image)
@@ -88,18 +93,25 @@ def test_batched_and_per_image_cutout_mask_areas_follow_the_papers_distribution(
     assert abs(batched.double().mean() - 196) < 1.5 and abs(per_image.double().mean() - 196) < 3  # E = 14 * 14
 
 
-def test_batched_pipeline_equals_the_per_image_pipeline_with_the_same_choices(real_raw):
-    images = real_raw["train"].images[:256]
-    params = augment.sample_params(256, generator=torch.Generator().manual_seed(4))
-    batched = augment.apply(images, params, MEAN, STD)
-    for i, image in enumerate(images):
-        top, left = params.offsets[i].tolist()
-        expected = torchvision_augment(image, top, left, bool(params.flips[i]), params.centres[i, 0].tolist())
-        torch.testing.assert_close(batched[i], expected, rtol=0, atol=1e-6)
+def assert_matches_torchvision(images: torch.Tensor, seed: int) -> None:
+    """Batched `apply` and the per-image helper both equal this test's own torchvision pipeline."""
+    params = augment.sample_params(len(images), generator=torch.Generator().manual_seed(seed))
+    expected = torch.stack([torchvision_augment(image, *params.offsets[i].tolist(), bool(params.flips[i]),
+                                                params.centres[i, 0].tolist()) for i, image in enumerate(images)])
+    torch.testing.assert_close(augment.apply(images, params, MEAN, STD), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(augment.apply_per_image(images, params, MEAN, STD), expected, rtol=0, atol=1e-6)
 
 
-def test_cutout_comes_after_normalisation_so_holes_are_the_mean_colour(real_raw):
-    images = real_raw["train"].images[:64]
+def test_batched_pipeline_equals_the_per_image_pipeline_with_the_same_choices():
+    assert_matches_torchvision(random_images(256), seed=4)
+
+
+def test_batched_pipeline_equals_the_per_image_pipeline_on_real_images(real_raw):
+    assert_matches_torchvision(real_raw["train"].images[:256], seed=9)
+
+
+def test_cutout_comes_after_normalisation_so_holes_are_the_mean_colour():
+    images = random_images(64)
     params = augment.sample_params(64, generator=torch.Generator().manual_seed(5))
     out = augment.apply(images, params, MEAN, STD)
     holes = augment.cutout_mask(params.centres, 16).expand_as(out)
@@ -108,14 +120,14 @@ def test_cutout_comes_after_normalisation_so_holes_are_the_mean_colour(real_raw)
     assert [type(t).__name__ for t in reference][-2:] == ["Normalize", "Cutout"]
 
 
-def test_reference_pipeline_composes_with_torchvision_on_pil_images(real_raw):
+def test_reference_pipeline_composes_with_torchvision_on_pil_images():
     torch.manual_seed(6)
-    out = augment.reference_pipeline(MEAN, STD)(augment.to_pil(real_raw["train"].images[0]))
+    out = augment.reference_pipeline(MEAN, STD)(augment.to_pil(random_images(1)[0]))
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     assert 64 * 3 <= (out == 0).sum() <= 256 * 3 + 10  # one hole of 64 to 256 pixels in 3 channels
 
 
-def test_augment_keeps_the_batch_on_its_device_and_is_seeded():
+def test_augment_is_seeded_and_returns_float32_on_the_batchs_device():
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     first = augment.augment(images, MEAN, STD, generator=torch.Generator().manual_seed(7))
     again = augment.augment(images, MEAN, STD, generator=torch.Generator().manual_seed(7))

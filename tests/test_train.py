@@ -6,6 +6,7 @@ import torch
 
 from helpers import checkpoint, config, data, train
 from helpers.checkpoint import CheckpointError
+from helpers.device import DeviceError, resolve_device
 from helpers.train import TrainingError
 
 TINY = config.QUICK.replace(name="tiny", epochs=2, batch_size=32, plateau_patience=0, checkpoint_every_s=0)
@@ -26,15 +27,19 @@ def test_recipe_defaults_are_the_original_readmes():
     assert (config.RECIPE.epochs, config.RECIPE.batch_size) == (50, 128)
 
 
-def test_learning_rates_follow_torchs_plateau_scheduler_on_the_validation_losses(tiny):
-    history = fit(tiny, TINY.replace(epochs=4, lr=0.5))
+def test_learning_rates_follow_torchs_plateau_scheduler_on_the_validation_losses(tiny, monkeypatch):
+    """Validation losses scripted with plateaus: fit's learning rates must be what torch's scheduler gives."""
+    scripted = iter([2.0, 1.5, 1.5, 1.6, 1.4, 1.4, 1.4, 1.3])
+    monkeypatch.setattr(train, "validate", lambda run, val: (torch.tensor(next(scripted)), torch.tensor(0.5)))
+    history = fit(tiny, TINY.replace(epochs=8, plateau_patience=1))
     replay = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5), factor=0.5, patience=0)
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=TINY.lr), factor=0.5, patience=1)
     expected = []
     for loss in history.val_loss:
         expected.append(replay.optimizer.param_groups[0]["lr"])
         replay.step(loss)
     assert history.lr.tolist() == expected
+    assert len(set(expected)) >= 2  # the schedule did act
 
 
 def test_resume_continues_exactly(tiny, tmp_path):
@@ -105,8 +110,8 @@ def test_nonsense_hyperparameters_are_refused_all_at_once():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_a_gpu_is_a_clear_error(capsys):
-    with pytest.raises(TrainingError, match="no CUDA GPU is available"):
-        train.resolve_device("cuda")
+    with pytest.raises(DeviceError, match="no CUDA GPU is available"):
+        resolve_device("cuda")
     assert train.main(["--device", "cuda", "--epochs", "1"]) == 2
     assert "Use --device cpu" in capsys.readouterr().err
 
@@ -195,3 +200,13 @@ def test_a_short_cpu_run_on_real_images_learns(real_source):
     cfg = config.QUICK.replace(name="learning-check", epochs=3, test_limit=1000)
     history = train.fit(cfg, data.prepare(cfg, real_source), device="cpu")
     assert history.val_acc.iloc[-1] > 0.22
+
+
+def test_a_checkpoint_from_another_device_type_is_refused(tiny, tmp_path):
+    fit(tiny, TINY.replace(epochs=1), checkpoint_path=tmp_path / "c.pt")
+    state = checkpoint.load(tmp_path / "c.pt")
+    state["device_type"] = "cuda"
+    checkpoint.save(state, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="trained on cuda; resume it there"):
+        fit(tiny, checkpoint_path=tmp_path / "c.pt", resume=True)
+
