@@ -17,7 +17,7 @@ import sys
 import time
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from helpers import augment, config, data
 from helpers.device import DeviceError, resolve_device
@@ -26,19 +26,6 @@ BATCH = 128        # the recipe's batch size
 EPOCH_BATCH = 512  # a larger batch for the batched pipeline's passes over the whole set
 ROUNDS = 4         # the pipelines take turns this often, so that a change in background load hits all alike
 WARMUP = 4         # untimed batches at the start of every turn: the DataLoader's prefetch (2 workers x 2)
-
-
-class PerImageAugmented(Dataset):
-    """uint8 images -> PIL -> the README's transform, one image per __getitem__ (as torchvision's CIFAR10)."""
-
-    def __init__(self, images: torch.Tensor, mean, std):
-        self.images, self.transform = images, augment.reference_pipeline(mean, std)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(augment.to_pil(self.images[i]))
 
 
 def real_images(limit: int) -> torch.Tensor:
@@ -75,6 +62,7 @@ def timed_turn(step, seconds: float, sync) -> tuple[int, float]:
 def batched_stream(images: torch.Tensor, mean, std, batch: int):
     """Endless shuffled epochs of batched augmentation on the images' device."""
     generator = torch.Generator(images.device).manual_seed(0)
+    mean, std = (torch.tensor(v, device=images.device) for v in (mean, std))  # on the device once
     while True:
         order = torch.randperm(len(images), device=images.device, generator=generator)
         for index in order.split(batch):
@@ -83,10 +71,11 @@ def batched_stream(images: torch.Tensor, mean, std, batch: int):
 
 def per_image_stream(images: torch.Tensor, mean, std, workers: int):
     """Endless shuffled epochs of the per-image pipeline in a DataLoader."""
-    loader = DataLoader(PerImageAugmented(images, mean, std), batch_size=BATCH, shuffle=True,
+    dataset = augment.ReferenceDataset(images, torch.zeros(len(images), dtype=torch.int64), mean, std)
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True,
                         num_workers=workers, persistent_workers=workers > 0)
     while True:
-        yield from loader
+        yield from (images for images, _ in loader)
 
 
 def batches_of(stream):

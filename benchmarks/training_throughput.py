@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from helpers import augment, config, data, train
 from helpers.data import Split
@@ -34,19 +34,6 @@ from helpers.model import resnet18
 BATCH = 128   # images per SGD step, every pipeline
 WARMUP = 2    # untimed steps before each measurement
 WORKERS = 2   # DataLoader processes of the original README's pipeline
-
-
-class PerImageAugmented(Dataset):
-    """(uint8 image -> PIL -> the README's transform, label), one image per __getitem__ (as torchvision's CIFAR10)."""
-
-    def __init__(self, split: Split, mean, std):
-        self.split, self.transform = split, augment.reference_pipeline(mean, std)
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int):
-        return self.transform(augment.to_pil(self.split.images[i])), self.split.labels[i]
 
 
 def real_subset(size: int) -> Split:
@@ -74,8 +61,9 @@ def endless(batches):
 
 def loader_step(split: Split, mean, std, device, bf16: bool, channels_last: bool):
     """One SGD step of a plain training loop on the next batch of a per-image DataLoader."""
-    loader = DataLoader(PerImageAugmented(split, mean, std), batch_size=BATCH, shuffle=True,
-                        num_workers=WORKERS, persistent_workers=True, pin_memory=device.type == "cuda")
+    dataset = augment.ReferenceDataset(split.images, split.labels, mean, std)
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=WORKERS, persistent_workers=True,
+                        pin_memory=device.type == "cuda")
     batches = endless(loader)
     torch.manual_seed(0)
     model = resnet18().to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.data
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
@@ -146,6 +147,20 @@ def reference_pipeline(mean, std, cfg=None) -> transforms.Compose:
         transforms.Normalize(mean, std),
         Cutout(n_holes=cfg.cutout_holes, length=cfg.cutout_length),
     ])
+
+
+class ReferenceDataset(torch.utils.data.Dataset):
+    """(augmented image, label) pairs the original README's way: one uint8 image at a time becomes a
+    PIL image (as torchvision's CIFAR10 hands it over) and goes through `reference_pipeline`."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, cfg=None):
+        self.images, self.labels, self.transform = images, labels, reference_pipeline(mean, std, cfg)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(to_pil(self.images[i])), self.labels[i]
 
 
 def to_pil(image: torch.Tensor):

@@ -127,6 +127,16 @@ def test_reference_pipeline_composes_with_torchvision_on_pil_images():
     assert 64 * 3 <= (out == 0).sum() <= 256 * 3 + 10  # one hole of 64 to 256 pixels in 3 channels
 
 
+def test_reference_dataset_serves_the_readmes_per_image_pipeline_with_labels():
+    images, labels = random_images(4), torch.tensor([3, 1, 4, 1])
+    dataset = augment.ReferenceDataset(images, labels, MEAN, STD)
+    torch.manual_seed(10)
+    image, label = dataset[2]
+    torch.manual_seed(10)
+    assert torch.equal(image, augment.reference_pipeline(MEAN, STD)(augment.to_pil(images[2])))
+    assert label == 4 and len(dataset) == 4
+
+
 def test_augment_is_seeded_and_returns_float32_on_the_batchs_device():
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     first = augment.augment(images, MEAN, STD, generator=torch.Generator().manual_seed(7))
