@@ -1,7 +1,7 @@
 """Augmentation throughput: the batched pipeline (helpers.augment) against the original README's
 per-image torchvision transforms in a DataLoader, on the same real CIFAR-10 training images.
 
-    python benchmarks/augment_throughput.py [--device cuda] [--images 50000]
+    python benchmarks/augment_throughput.py [--device cuda] [--images 50000] [--save]
 
 Both pipelines do the same work: RandomCrop(32, padding=4) -> RandomHorizontalFlip -> ToTensor ->
 Normalize -> Cutout(1, 16) on shuffled training images. The per-image pipeline starts, like
@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from helpers import augment, config, data
 from helpers.device import DeviceError, resolve_device
+from report import Report
 
 BATCH = 128        # the recipe's batch size
 EPOCH_BATCH = 512  # a larger batch for the batched pipeline's passes over the whole set
@@ -83,16 +84,12 @@ def batches_of(stream):
     return lambda: len(next(stream))
 
 
-def machine(device: torch.device) -> str:
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none used"
-    return f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), CUDA device: {gpu}"
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="device of the batched pipeline: cpu or cuda")
     parser.add_argument("--images", type=int, default=50_000, help="real training images to draw from")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per pipeline, in all (at least)")
+    parser.add_argument("--save", action="store_true", help="keep the output in benchmarks/results/, named by machine")
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
@@ -111,13 +108,17 @@ def main(argv=None) -> None:
         steps[f"per-image DataLoader, batch {BATCH}, num_workers={workers}"] = batches_of(
             per_image_stream(images, mean, std, workers))
     results = interleaved_rates(steps, args.seconds, sync)
-    print(f"machine: {machine(device)}\ndata: {config.data_label()}, {len(images):,} training images\n")
-    print(f"{'pipeline':<56} {'images/s':>10}")
+    out = Report(device)
+    out(f"{len(images):,} training images; the per-image pipeline always runs on the CPU "
+        f"({os.cpu_count()} cores)\n")
+    out(f"{'pipeline':<56} {'images/s':>10}")
     for name, rate in results.items():
-        print(f"{name:<56} {rate:>10,.0f}")
+        out(f"{name:<56} {rate:>10,.0f}")
     batched, _, single, workers = results.values()
-    print(f"\nbatched / per-image: {batched / single:.1f}x  (batch {BATCH}, against num_workers=0; "
-          f"{batched / workers:.1f}x against num_workers=2)")
+    out(f"\nbatched / per-image: {batched / single:.1f}x  (batch {BATCH}, against num_workers=0; "
+        f"{batched / workers:.1f}x against num_workers=2)")
+    if args.save:
+        out.save("augment_throughput")
 
 
 if __name__ == "__main__":

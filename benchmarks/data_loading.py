@@ -1,10 +1,11 @@
 """Data loading time: the first load of CIFAR-10 (decoding every image) against a load from the cache.
 
-    python benchmarks/data_loading.py     # the source is CIFAR10_DATA, else torchvision's download
+    python benchmarks/data_loading.py [--save]    # the source is CIFAR10_DATA, else torchvision's download
 
 The first load decodes into a fresh temporary folder (with torchvision's source it downloads there too),
 so the project's own cache in data/ is left alone.
 """
+import argparse
 import os
 import tempfile
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from helpers import config, data
+from report import Report
 
 
 def timed_load(cache_dir: Path) -> tuple[float, dict]:
@@ -21,15 +23,20 @@ def timed_load(cache_dir: Path) -> tuple[float, dict]:
     return time.perf_counter() - start, splits
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--save", action="store_true", help="keep the output in benchmarks/results/, named by machine")
+    args = parser.parse_args(argv)
     os.environ.setdefault("CIFAR10_PROGRESS", "off")
     with tempfile.TemporaryDirectory() as scratch:
         first, splits = timed_load(Path(scratch))
         cached, _ = timed_load(Path(scratch))
-    images = sum(len(split) for split in splits.values())
-    print(f"data: {config.data_label()}, {images:,} images; CPU: {os.cpu_count()} cores, torch {torch.__version__}")
-    print(f"first load (decode and cache): {first:6.2f} s")
-    print(f"second load (from the cache):  {cached:6.2f} s")
+    out = Report(torch.device("cpu"))  # decoding and the cache run on the CPU
+    out(f"{sum(len(split) for split in splits.values()):,} images, decoded by one process")
+    out(f"first load (decode and cache): {first:6.2f} s")
+    out(f"second load (from the cache):  {cached:6.2f} s")
+    if args.save:
+        out.save("data_loading")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,20 @@
-"""Which device to run on, and how results name it."""
+"""Which device to run on, what its hardware can do, and how results name it.
+
+`hardware` reads the facts an execution is chosen from (execution.py): the device's name and
+whether it computes bf16 natively. Every reported speed names them, because the same code runs
+at very different speeds on different machines.
+"""
+from __future__ import annotations
+
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that compute bf16 natively
+CPUINFO = Path("/proc/cpuinfo")               # Linux; elsewhere the fallbacks below apply
 
 
 class DeviceError(RuntimeError):
@@ -18,8 +33,56 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def device_name(device: torch.device) -> str:
-    """The hardware a figure was measured on, as results state it."""
+@dataclass(frozen=True)
+class Hardware:
+    """The facts about a device that decide how to run on it, and that every speed figure names."""
+
+    device_type: str   # "cpu" or "cuda"
+    name: str          # CPU model or GPU name
+    native_bf16: bool  # CUDA: compute capability >= 8.0; CPU: AVX512-BF16 or AMX-BF16
+    detail: str        # "compute capability 9.0" or "2 threads, AVX512"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.detail}, {'native' if self.native_bf16 else 'no native'} bf16)"
+
+    @property
+    def slug(self) -> str:
+        """A file-name form, e.g. intel-xeon-processor-avx512-no-bf16-2-threads (benchmark results)."""
+        words = re.sub(r"\((r|tm)\)|compute capability", "", f"{self.name} {self.detail}".lower())
+        words += "" if self.native_bf16 else " no"
+        return re.sub(r"[^a-z0-9]+", "-", f"{words} bf16").strip("-")
+
+
+def hardware(device: torch.device) -> Hardware:
+    """The facts of the real `device`."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
+        major, minor = torch.cuda.get_device_capability(device)
+        return Hardware("cuda", torch.cuda.get_device_name(device), (major, minor) >= (8, 0),
+                        f"compute capability {major}.{minor}")
+    return Hardware("cpu", cpu_model(), cpu_native_bf16(),
+                    f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
+
+
+def cpu_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16: torch's own capability query where this torch has one, else the CPU flags."""
+    query = getattr(torch.cpu, "get_capabilities", None)  # torch 2.14 has it; older ones may not
+    if query is not None:
+        capabilities = query()
+        return any(capabilities.get(flag, False) for flag in CPU_BF16_FLAGS)
+    return any(flag in cpu_flags() for flag in CPU_BF16_FLAGS)
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags the kernel reports (Linux), or an empty set."""
+    found = re.search(r"^flags\s*:(.*)$", read_cpuinfo(), flags=re.MULTILINE)
+    return set(found.group(1).split()) if found else set()
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, e.g. 'AMD EPYC 9R14 96-Core Processor'."""
+    found = re.search(r"^model name\s*:\s*(.+)$", read_cpuinfo(), flags=re.MULTILINE)
+    return found.group(1).strip() if found else (platform.processor() or platform.machine() or "CPU")
+
+
+def read_cpuinfo() -> str:
+    return CPUINFO.read_text() if CPUINFO.exists() else ""

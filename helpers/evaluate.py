@@ -16,26 +16,25 @@ from torch import nn
 
 from . import checkpoint, config
 from .augment import normalize
-from .config import Config, autocast_dtype
+from .config import Config
 from .data import CLASSES, DataError, prepare
 from .device import DeviceError, resolve_device
+from .execution import CHOICES, Execution, resolve
 from .model import resnet18
 
 
 @torch.no_grad()
-def logits(model: nn.Module, images: torch.Tensor, mean, std, cfg: Config, device: torch.device,
+def logits(model: nn.Module, images: torch.Tensor, mean, std, execution: Execution, batch_size: int = 1000,
            flip_tta: bool = False) -> torch.Tensor:
-    """float32 class scores of uint8 images, on `device`; with flip_tta, log of the mean softmax of
-    each image and its mirror image (so cross_entropy on the result stays meaningful)."""
+    """float32 class scores of uint8 images, on the execution's device; with flip_tta, log of the mean
+    softmax of each image and its mirror image (so cross_entropy on the result stays meaningful)."""
     model.eval()
-    dtype = autocast_dtype(cfg, device)
+    device = execution.device
     mean, std = (torch.tensor(v, device=device) for v in (mean, std))  # copied once, not per chunk
     scores = []
-    for chunk in images.split(cfg.eval_batch_size):
-        x = normalize(chunk.to(device, non_blocking=True), mean, std)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+    for chunk in images.split(batch_size):
+        x = normalize(chunk.to(device, non_blocking=True), mean, std).contiguous(memory_format=execution.memory_format)
+        with execution.autocast():
             out = model(x).float()
             if flip_tta:
                 out = ((out.softmax(1) + model(x.flip(-1)).float().softmax(1)) / 2).log()
@@ -57,30 +56,25 @@ class Predictions:
         return self.probs.max(1).values
 
 
-def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
-    """The model of a checkpoint, on `device`, and the checkpoint's contents."""
+def load_model(path: Path, execution: Execution) -> tuple[nn.Module, dict]:
+    """The model of a checkpoint, on the execution's device and in its layout, and the checkpoint's contents."""
     state = checkpoint.load(path)
     model = resnet18()
     checkpoint.load_weights(model, state["model"], config.shown_path(path))
-    cfg = checkpoint_config(state, device)
-    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
-    return model, state
+    return model.to(execution.device, memory_format=execution.memory_format), state
 
 
-def checkpoint_config(state: dict, device: torch.device) -> Config:
-    """The configuration a checkpoint was trained with, made runnable on `device`."""
+def checkpoint_config(state: dict) -> Config:
+    """The configuration a checkpoint was trained with."""
     try:
-        cfg = Config(**state["config"])
+        return Config(**state["config"])
     except TypeError as exc:
         raise checkpoint.CheckpointError(f"The checkpoint's configuration is not this version's ({exc}).") from exc
-    if cfg.precision == "fp16" and device.type != "cuda":
-        cfg = cfg.replace(precision="bf16")  # fp16 autocast is CUDA-only; the weights are fp32 either way
-    return cfg
 
 
-def predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, cfg: Config,
-            device: torch.device, flip_tta: bool = False) -> Predictions:
-    out = logits(model, images, mean, std, cfg, device, flip_tta)
+def predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, execution: Execution,
+            batch_size: int = 1000, flip_tta: bool = False) -> Predictions:
+    out = logits(model, images, mean, std, execution, batch_size, flip_tta)
     return Predictions(labels.cpu(), out.softmax(1).cpu())
 
 
@@ -162,21 +156,22 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: runs/<configuration>/checkpoint.pt")
     parser.add_argument("--data", default=config.data_source(), help="as for helpers.train")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=CHOICES, default="auto", help="as for helpers.train")
     parser.add_argument("--tta", action="store_true", help="average each image with its mirror image")
     args = parser.parse_args(argv)
     path = args.checkpoint or config.checkpoint_path()
     try:
-        device = resolve_device(args.device)
-        model, state = load_model(path, device)
-        cfg = checkpoint_config(state, device)
+        execution = resolve(resolve_device(args.device), args.precision)
+        model, state = load_model(path, execution)
+        cfg = checkpoint_config(state)
         test = prepare(cfg, args.data).test
-    except (DataError, DeviceError, checkpoint.CheckpointError) as exc:
+    except (ValueError, DataError, DeviceError, checkpoint.CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    p = predict(model, test.images, test.labels, state["mean"], state["std"], cfg, device, args.tta)
+    p = predict(model, test.images, test.labels, state["mean"], state["std"], execution, cfg.eval_batch_size, args.tta)
     cm = confusion_matrix(p.labels, p.predicted)
     print(f"test accuracy {accuracy(p.labels, p.predicted):.2%} and loss {test_loss(p):.4f} on {len(test)} "
-          f"images ({cfg.name} configuration, epoch {state['epoch']}{', flip TTA' if args.tta else ''})")
+          f"images ({cfg.name} configuration, epoch {state['epoch']}{', flip TTA' if args.tta else ''}; {execution})")
     print(per_class_report(cm).round(3).to_string())
     for name, fig in (("confusion_matrix", plots.confusion_matrix(cm)),
                       ("confusion_matrix_normalized", plots.confusion_matrix(cm, normalize=True))):

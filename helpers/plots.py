@@ -78,9 +78,13 @@ def channel_histograms(images: torch.Tensor, mean, std) -> plt.Figure:
     return fig
 
 
-def learning_curves(history: pd.DataFrame) -> plt.Figure:
-    """Loss and accuracy (train and validation) and the learning rate, per epoch."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+def learning_curves(history: pd.DataFrame, figure: plt.Figure | None = None) -> plt.Figure:
+    """Loss and accuracy (train and validation) and the learning rate, per epoch; drawn anew into
+    `figure` when given (live curves redraw one figure), else into a new one."""
+    fig = figure or plt.figure()
+    fig.clear()
+    fig.set_size_inches(15, 3.8)
+    axes = fig.subplots(1, 3)
     history[["train_loss", "val_loss"]].plot(ax=axes[0], marker=".", title="cross-entropy loss")
     (history[["train_acc", "val_acc"]] * 100).plot(ax=axes[1], marker=".", title="accuracy (%)")
     history["lr"].plot(ax=axes[2], marker=".", logy=True, title="learning rate", color="tab:purple")
@@ -120,6 +124,37 @@ def reliability_diagram(table: pd.DataFrame, ece: float) -> plt.Figure:
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"reliability (ECE {ece:.3f})")
     ax.legend(loc="upper left")
+    return fig
+
+
+def gradcam_grid(images: torch.Tensor, maps: torch.Tensor, titles=None, size: float = 1.5) -> plt.Figure:
+    """uint8 images (N, 3, H, W) in the top row and, below each, its Grad-CAM map (N, H, W) in [0, 1]
+    laid over it: red where the evidence for the class was found."""
+    fig, axes = plt.subplots(2, len(images), figsize=(len(images) * size, 2.5 * size), squeeze=False)
+    for i, (image, cam) in enumerate(zip(images, maps)):
+        top, bottom = axes[0, i], axes[1, i]
+        top.imshow(to_hwc(image), interpolation="nearest")
+        bottom.imshow(to_hwc(image), interpolation="nearest")
+        bottom.imshow(cam.cpu(), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+        if titles is not None:
+            top.set_title(titles[i], fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def beside(originals, seen: torch.Tensor, titles=None, size: float = 1.8) -> plt.Figure:
+    """Each original picture (PIL images, any size) above the 32x32 uint8 image the network sees of it."""
+    fig, axes = plt.subplots(2, len(seen), figsize=(len(seen) * size, 2.3 * size), squeeze=False)
+    for i, (original, image) in enumerate(zip(originals, seen)):
+        axes[0, i].imshow(original, cmap="gray" if original.mode == "L" else None)
+        axes[0, i].set_title(f"{original.width}x{original.height} {original.mode}", fontsize=8)
+        axes[1, i].imshow(to_hwc(image), interpolation="nearest")
+        axes[1, i].set_title(titles[i] if titles is not None else "32x32 seen", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
     return fig
 
 

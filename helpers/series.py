@@ -4,14 +4,19 @@
     python -m helpers.series --quick    # the quick configuration (minutes on a CPU)
 
 Progress bars inside the notebooks appear in this terminal (CIFAR10_PROGRESS=terminal), and the
-stored notebooks keep only their real outputs.
+stored notebooks keep only their real outputs. Stopped and run again, the series carries on: 01 and
+02 run again (they are cheap), 03 resumes or reuses its checkpoint (train.fit's rule), 04 evaluates.
+Ctrl-C interrupts the running notebook's kernel, so that training saves its last finished epoch;
+a second Ctrl-C stops at once.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
+from contextlib import contextmanager
 
 import nbformat
 import torch
@@ -19,6 +24,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from . import config
+from .execution import Execution, resolve
 
 NOTEBOOK_DIR = config.REPO_ROOT / "notebooks"
 
@@ -28,35 +34,43 @@ def notebooks(only: list[str] | None = None) -> list:
     return [nb for nb in found if not only or any(nb.name.startswith(prefix) for prefix in only)]
 
 
-def estimated_hours(cfg: config.Config, steps: int = 3) -> float:
-    """Time a few real training steps on this machine and extrapolate to the configuration's epochs."""
+def timed_execution(cfg: config.Config) -> tuple[Execution, float]:
+    """The execution training will use here, and its seconds per training image, from one timed step
+    after a small untimed one: seconds, not minutes, even where a step is slow."""
     from .data import Split
     from .device import resolve_device
     from .train import new_run, train_epoch
 
-    device = resolve_device("auto")
-    run = new_run(cfg, device, (0.5,) * 3, (0.25,) * 3)
-    n = cfg.batch_size * steps
-    fake = Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device),
-                 torch.randint(0, 10, (n,), device=device))
-    train_epoch(run, Split(fake.images[: cfg.batch_size], fake.labels[: cfg.batch_size]))  # warm-up
+    execution = resolve(resolve_device("auto"), cfg.precision)
+    run = new_run(cfg, execution, (0.5,) * 3, (0.25,) * 3)
+
+    def batch(n: int) -> Split:
+        return Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=execution.device),
+                     torch.randint(0, 10, (n,), device=execution.device))
+
+    float(train_epoch(run, batch(16))[0])  # warm-up: allocations, kernel choice
     start = time.perf_counter()
-    float(train_epoch(run, fake)[0])
-    per_image = (time.perf_counter() - start) / n
+    float(train_epoch(run, batch(cfg.batch_size))[0])
+    return execution, (time.perf_counter() - start) / cfg.batch_size
+
+
+def estimated_hours(cfg: config.Config, seconds_per_image: float) -> float:
     train_images = 50_000 - (0 if cfg.val_from_test else cfg.val_size)
-    return cfg.epochs * train_images * per_image / 3600
+    return cfg.epochs * train_images * seconds_per_image / 3600
 
 
 def warn_without_gpu(cfg: config.Config) -> None:
     if torch.cuda.is_available() or cfg.name != "recipe":
         return
-    print("No CUDA GPU found: timing a few training steps on this CPU ...", flush=True)
+    print("No CUDA GPU found: timing one training step on this CPU ...", flush=True)
     os.environ["CIFAR10_PROGRESS"], mode = "off", os.environ.get("CIFAR10_PROGRESS", "auto")
     try:
-        hours = estimated_hours(cfg)
+        execution, seconds_per_image = timed_execution(cfg)
     finally:
         os.environ["CIFAR10_PROGRESS"] = mode
-    print(f"The full recipe ({cfg.epochs} epochs) would take about {hours:.0f} hours here (training alone).\n"
+    hours = estimated_hours(cfg, seconds_per_image)
+    print(f"The full recipe ({cfg.epochs} epochs) would take about {hours:.0f} hours here, training alone, as "
+          f"{execution} ({1 / seconds_per_image:.0f} images/s).\n"
           "For the quick configuration (a 5,000-image subset, 2 epochs: minutes), stop with Ctrl-C and run\n"
           "    make series QUICK=1      (or: python -m helpers.series --quick)\n", flush=True)
 
@@ -69,8 +83,47 @@ def execute(path) -> None:
                             # let the kernel's own stderr (progress bars) reach this terminal, not the notebook
                             extra_arguments=["--IPKernelApp.capture_fd_output=False"],
                             record_timing=False)  # no timestamps in the stored notebooks
-    client.execute()
+    with ctrl_c_interrupts_the_kernel(client):
+        client.execute()
     nbformat.write(notebook, path)
+
+
+@contextmanager
+def ctrl_c_interrupts_the_kernel(client: NotebookClient):
+    """The kernel runs in a session of its own, so a terminal's Ctrl-C does not reach it; killed with its
+    client, it would lose the epochs since its last checkpoint. Pass the first Ctrl-C on to it instead,
+    as Jupyter's interrupt button does (training then saves its last finished epoch, and the cell fails
+    with KeyboardInterrupt); a second Ctrl-C stops here at once."""
+    def interrupt_kernel(signum, frame):
+        signal.signal(signal.SIGINT, previous)
+        kernel = client.km.provisioner.process if client.km and client.km.provisioner else None
+        if kernel is None:
+            raise KeyboardInterrupt
+        os.killpg(kernel.pid, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, interrupt_kernel)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run(paths) -> int:
+    """Execute the notebooks in order; 0 when all ran, 130 when interrupted, 1 when one failed."""
+    for path in paths:
+        print(f"running {path.name} ({config.active_config().name} configuration) ...", flush=True)
+        start = time.perf_counter()
+        try:
+            execute(path)
+        except CellExecutionError as exc:
+            if exc.ename == "KeyboardInterrupt":
+                print(f"Interrupted in {path.name}, which was left as it was. Run the series again to carry on: "
+                      "training continues from its checkpoint.", file=sys.stderr)
+                return 130
+            print(f"{path.name} failed; the notebook was left as it was.\n{exc}", file=sys.stderr)
+            return 1
+        print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -82,16 +135,7 @@ def main(argv=None) -> int:
         os.environ["CIFAR10_QUICK"] = "1"
     os.environ.setdefault("CIFAR10_PROGRESS", "terminal")
     warn_without_gpu(config.active_config())
-    for path in notebooks(args.only):
-        print(f"running {path.name} ({config.active_config().name} configuration) ...", flush=True)
-        start = time.perf_counter()
-        try:
-            execute(path)
-        except CellExecutionError as exc:
-            print(f"{path.name} failed; the notebook was left as it was.\n{exc}", file=sys.stderr)
-            return 1
-        print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
-    return 0
+    return run(notebooks(args.only))
 
 
 if __name__ == "__main__":

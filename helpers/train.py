@@ -1,12 +1,12 @@
 """Training with the recipe: SGD with momentum, ReduceLROnPlateau on the validation loss.
 
 Fast by construction: the uint8 data set lives on the training device, each batch is augmented
-there in one go (augment.py), the forward pass runs under bf16 autocast in channels_last, and the
-loop never waits for the device inside an epoch: losses and accuracies accumulate as tensors and
-are read once per epoch.
+there in one go (augment.py), the arithmetic runs in the precision and layout that suit the
+hardware (execution.py), and the loop never waits for the device inside an epoch: losses and
+accuracies accumulate as tensors and are read once per epoch.
 
-Exact to resume: a checkpoint holds model, optimizer, scheduler, scaler and every random state,
-captured at an epoch boundary; training on from it gives the same history as never stopping.
+Safe to run again: whether fit trains, resumes or reuses a finished run is resume.decide's rule, and
+resuming from a checkpoint gives the same history as never stopping.
 
     python -m helpers.train --help
 """
@@ -27,15 +27,14 @@ from torch import nn
 
 from . import checkpoint, config
 from .augment import augment
-from .config import PRECISIONS, Config, autocast_dtype
+from .config import Config
 from .data import DataError, Datasets, Split, prepare
-from .device import DeviceError, device_name, resolve_device
+from .device import DeviceError, resolve_device
 from .evaluate import logits
+from .execution import CHOICES, Execution, resolve
 from .model import resnet18
-from .progress import progress
-
-# Settings that may differ between a checkpoint and the run that resumes it.
-RESUMABLE_CHANGES = {"name", "epochs", "compile", "eval_batch_size", "checkpoint_every_s"}
+from .progress import live_curves, progress
+from .resume import capture, decide, restore
 
 
 class TrainingError(RuntimeError):
@@ -55,7 +54,7 @@ def check_config(cfg: Config) -> None:
         (cfg.weight_decay >= 0, f"weight_decay must be at least 0 (got {cfg.weight_decay})"),
         (0 < cfg.plateau_factor < 1, f"plateau_factor must be in (0, 1) (got {cfg.plateau_factor})"),
         (cfg.plateau_patience >= 0, f"plateau_patience must be at least 0 (got {cfg.plateau_patience})"),
-        (cfg.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)} (got {cfg.precision!r})"),
+        (cfg.precision in CHOICES, f"precision must be one of {', '.join(CHOICES)} (got {cfg.precision!r})"),
         (0 <= cfg.flip_p <= 1, f"flip_p must be in [0, 1] (got {cfg.flip_p})"),
         (cfg.crop_padding >= 0 and cfg.cutout_length >= 0 and cfg.cutout_holes >= 0,
          "crop_padding, cutout_length and cutout_holes must be at least 0"),
@@ -67,10 +66,10 @@ def check_config(cfg: Config) -> None:
 
 @dataclass
 class Run:
-    """Everything a checkpoint holds, and the device-resident data it trains on."""
+    """Everything a checkpoint holds, and how it computes."""
 
     cfg: Config
-    device: torch.device
+    execution: Execution
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
@@ -78,6 +77,7 @@ class Run:
     generator: torch.Generator  # shuffling and augmentation
     mean: tuple
     std: tuple
+    data: str = "CIFAR-10"  # the data's label: a run is continued only on the data it started on
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
     forward: nn.Module | None = None  # the model, compiled when asked
@@ -85,20 +85,22 @@ class Run:
     def __post_init__(self):
         self.forward = torch.compile(self.model) if self.cfg.compile else self.model
 
+    @property
+    def device(self) -> torch.device:
+        return self.execution.device
 
-def new_run(cfg: Config, device: torch.device, mean, std) -> Run:
+
+def new_run(cfg: Config, execution: Execution, mean, std, data: str = "CIFAR-10") -> Run:
     """A freshly initialised model with the recipe's optimizer, scheduler and seeded generators."""
     torch.manual_seed(cfg.seed)
-    model = resnet18().to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = resnet18().to(execution.device, memory_format=execution.memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor,
                                                            patience=cfg.plateau_patience)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    generator = torch.Generator(device).manual_seed(cfg.seed)
-    return Run(cfg, device, model, optimizer, scheduler, scaler, generator, tuple(mean), tuple(std))
+    generator = torch.Generator(execution.device).manual_seed(cfg.seed)
+    return Run(cfg, execution, model, optimizer, scheduler, execution.grad_scaler(), generator,
+               tuple(mean), tuple(std), data)
 
 
 # ---------------------------------------------------------------- one epoch
@@ -107,7 +109,6 @@ def new_run(cfg: Config, device: torch.device, mean, std) -> Run:
 def train_epoch(run: Run, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over the shuffled training split; returns (mean loss, accuracy) as device tensors."""
     run.model.train()
-    dtype = autocast_dtype(run.cfg, run.device)
     loss_sum = torch.zeros((), device=run.device)
     correct = torch.zeros((), device=run.device, dtype=torch.int64)
     order = torch.randperm(len(train), device=run.device, generator=run.generator)
@@ -115,10 +116,9 @@ def train_epoch(run: Run, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
     mean, std = (torch.tensor(v, device=run.device) for v in (run.mean, run.std))  # copied once, not per step
     for index in progress(batches, desc=f"epoch {run.epoch + 1}", unit="batch", leave=False):
         images = augment(train.images[index], mean, std, run.cfg, run.generator)
-        if run.cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=run.execution.memory_format)
         labels = train.labels[index]
-        with torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None):
+        with run.execution.autocast():
             outputs = run.forward(images)
             loss = F.cross_entropy(outputs, labels)
         run.optimizer.zero_grad(set_to_none=True)
@@ -132,63 +132,11 @@ def train_epoch(run: Run, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
 
 def validate(run: Run, val: Split) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean loss, accuracy) on the validation split, as device tensors."""
-    out = logits(run.forward, val.images, run.mean, run.std, run.cfg, run.device)
+    out = logits(run.forward, val.images, run.mean, run.std, run.execution, run.cfg.eval_batch_size)
     return F.cross_entropy(out, val.labels), (out.argmax(1) == val.labels).float().mean()
 
 
 # ---------------------------------------------------------------- checkpoints
-
-
-def to_cpu(obj):
-    """A copy of nested state with every tensor on the CPU (a snapshot, never a view)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {key: to_cpu(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(value) for value in obj)
-    return obj
-
-
-def capture(run: Run) -> dict:
-    """The run's complete state at an epoch boundary."""
-    return to_cpu({
-        "architecture": checkpoint.ARCHITECTURE,
-        "device_type": run.device.type,  # random generator states differ between CPU and CUDA
-        "config": run.cfg.as_dict(),
-        "epoch": run.epoch,
-        "history": run.history,
-        "mean": list(run.mean),
-        "std": list(run.std),
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "generator": run.generator.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-    })
-
-
-def restore(run: Run, state: dict) -> None:
-    """Continue from a checkpoint, refusing one of another architecture or configuration."""
-    differences = {key: (value, state["config"].get(key)) for key, value in run.cfg.as_dict().items()
-                   if key not in RESUMABLE_CHANGES and state["config"].get(key) != value}
-    if differences:
-        listed = ", ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, (new, old) in differences.items())
-        raise checkpoint.CheckpointError(f"The checkpoint was trained with another configuration ({listed}).")
-    if state.get("device_type", run.device.type) != run.device.type:
-        raise checkpoint.CheckpointError(f"The checkpoint was trained on {state['device_type']}; resume it there "
-                                         f"(its random states do not carry over to {run.device.type}).")
-    checkpoint.load_weights(run.model, state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.scaler.load_state_dict(state["scaler"])
-    run.generator.set_state(state["rng"]["generator"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    run.epoch, run.history = state["epoch"], list(state["history"])
-    run.mean, run.std = tuple(state["mean"]), tuple(state["std"])
 
 
 def write_outputs(state: dict, path: Path) -> None:
@@ -204,27 +152,48 @@ def history_frame(history: list[dict]) -> pd.DataFrame:
 # ---------------------------------------------------------------- the loop
 
 
-def fit(cfg: Config | None = None, datasets: Datasets | None = None, device: str = "auto",
-        checkpoint_path: Path | None = None, resume: bool = False) -> pd.DataFrame:
-    """Train (or resume) a run of `cfg` and return its per-epoch history.
+def fit(cfg: Config | None = None, datasets: Datasets | None = None, device: str | Execution = "auto",
+        checkpoint_path: Path | None = None, resume: bool = False, fresh: bool = False) -> pd.DataFrame:
+    """Train a run of `cfg`, or resume it, or reuse it when finished; return its per-epoch history.
 
-    The checkpoint is written at most every cfg.checkpoint_every_s seconds and after the last
-    epoch; Ctrl-C writes the last completed epoch first; a non-finite loss stops training and
-    keeps the last good epoch's checkpoint.
+    `device` is auto, cpu, cuda or cuda:N, or an execution already resolved for cfg.precision.
+
+    What happens with an existing checkpoint is resume.decide's rule, the same for every caller: a
+    finished run of this configuration is reused, a partial one resumed, another one refused;
+    `fresh` starts again and keeps the old checkpoint aside; `resume` (--resume) requires one.
     """
     cfg = cfg or config.active_config()
     check_config(cfg)
-    device = resolve_device(device)
+    execution = device if isinstance(device, Execution) else resolve(resolve_device(device), cfg.precision)
     datasets = datasets or prepare(cfg)
     path = Path(checkpoint_path or config.checkpoint_path(cfg))
-    run = new_run(cfg, device, datasets.mean, datasets.std)
-    if resume:
-        restore(run, checkpoint.load(path))
+    plan = decide(cfg, path, datasets.label, fresh=fresh, required=resume)
+    if plan.message:
+        print(plan.message, flush=True)
+    if plan.action == "reuse":
+        history = history_frame(plan.state["history"])
+        live_curves().show(history)
+        return history
+    run = new_run(cfg, execution, datasets.mean, datasets.std, datasets.label)
+    if plan.action == "resume":
+        restore(run, plan.state)
+    train_epochs(run, datasets, path)
+    history = history_frame(run.history)
+    path.with_name("metrics.json").write_text(json.dumps(summarize(history, datasets.label), indent=2))
+    return history
+
+
+def train_epochs(run: Run, datasets: Datasets, path: Path) -> None:
+    """Epochs from run.epoch + 1 to the last, each checkpointed at most every cfg.checkpoint_every_s
+    seconds and after the last; on any exception (Ctrl-C, a non-finite loss, out of memory) the last
+    finished epoch is written first. The learning curves are redrawn after every epoch in a notebook."""
+    cfg, device = run.cfg, run.device
     train = Split(datasets.train.images.to(device), datasets.train.labels.to(device))
     val = Split(datasets.val.images.to(device), datasets.val.labels.to(device))
     snapshot, written, last_write = None, run.epoch, time.monotonic()
     epochs = progress(range(run.epoch + 1, cfg.epochs + 1), desc=f"training ({cfg.name}, {device.type})",
                       unit="epoch", initial=run.epoch, total=cfg.epochs)
+    curves = live_curves()
     try:
         for epoch in epochs:
             record = run_epoch(run, train, val)
@@ -238,24 +207,22 @@ def fit(cfg: Config | None = None, datasets: Datasets | None = None, device: str
             run.epoch = epoch
             snapshot = capture(run)
             epochs.set_postfix(val_acc=f"{record['val_acc']:.3f}", lr=f"{record['lr']:.3g}")
+            curves.show(history_frame(run.history))
             if epoch == cfg.epochs or time.monotonic() - last_write > cfg.checkpoint_every_s:
                 write_outputs(snapshot, path)
                 written, last_write = epoch, time.monotonic()
-    except BaseException:  # Ctrl-C, a diverged loss, out of memory: keep the last finished epoch
+    except BaseException:
         if snapshot and snapshot["epoch"] != written:
             write_outputs(snapshot, path)
             written = snapshot["epoch"]
         if written:
-            print(f"Stopped; {config.shown_path(path)} holds epoch {written}: resume with "
-                  "`python -m helpers.train --resume` or fit(..., resume=True).", file=sys.stderr)
+            print(f"Stopped; {config.shown_path(path)} holds epoch {written}. Run the same command or cell "
+                  "again to continue from there.", file=sys.stderr)
         else:
             print("Stopped before the first epoch ended; nothing was saved.", file=sys.stderr)
         raise
     finally:
         epochs.close()
-    history = history_frame(run.history)
-    path.with_name("metrics.json").write_text(json.dumps(summarize(history, device, datasets.label), indent=2))
-    return history
 
 
 def run_epoch(run: Run, train: Split, val: Split) -> dict:
@@ -269,7 +236,8 @@ def run_epoch(run: Run, train: Split, val: Split) -> dict:
     if math.isfinite(val_loss):
         run.scheduler.step(val_loss)
     return {"epoch": run.epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-            "val_acc": val_acc, "lr": lr, "seconds": seconds, "images_per_s": len(train) / seconds}
+            "val_acc": val_acc, "lr": lr, "seconds": seconds, "images_per_s": len(train) / seconds,
+            "execution": run.execution.label, "hardware": str(run.execution.hardware)}
 
 
 # ---------------------------------------------------------------- command line
@@ -290,14 +258,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--factor", type=float, default=base.plateau_factor, help="ReduceLROnPlateau factor")
     parser.add_argument("--patience", type=int, default=base.plateau_patience, help="ReduceLROnPlateau patience")
     parser.add_argument("--seed", type=int, default=base.seed, help="init, split, shuffling, augmentation")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default=base.precision, help="autocast dtype")
+    parser.add_argument("--precision", choices=CHOICES, default=base.precision,
+                        help="autocast precision; auto picks the fastest correct one for the hardware")
     parser.add_argument("--val-from-test", action="store_true",
                         help="the original README's protocol: validate on the test set")
     parser.add_argument("--data", default=config.data_source(),
                         help="image folders or a .tar/.tar.gz of them; default: torchvision's download into data/")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="require a checkpoint to continue from (one of this configuration is always continued)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start again even if a checkpoint exists; the old one is kept aside")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: runs/<configuration>/checkpoint.pt")
     args = parser.parse_args(argv)
     args.config = base.replace(
@@ -315,9 +287,10 @@ def main(argv=None) -> int:
     cfg = args.config
     try:
         check_config(cfg)
-        device = resolve_device(args.device)
+        execution = resolve(resolve_device(args.device), cfg.precision)  # before the data: fail fast
+        print(f"execution: {execution}", flush=True)
         datasets = prepare(cfg, args.data)
-        history = fit(cfg, datasets, str(device), args.checkpoint, args.resume)
+        history = fit(cfg, datasets, execution, args.checkpoint, resume=args.resume, fresh=args.fresh)
     except (ValueError, TrainingError, DeviceError, DataError, checkpoint.CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -325,16 +298,19 @@ def main(argv=None) -> int:
         return 130
     path = Path(args.checkpoint or config.checkpoint_path(cfg))
     saved = plots.save(plots.learning_curves(history), "learning_curves", cfg)
-    print(json.dumps(summarize(history, device, datasets.label), indent=2))
+    print(json.dumps(summarize(history, datasets.label), indent=2))
     print(f"checkpoint: {config.shown_path(path)} (metrics.json and history.csv beside it); "
           f"curves: {config.shown_path(saved)}")
     return 0
 
 
-def summarize(history: pd.DataFrame, device: torch.device, data_label: str) -> dict:
-    """The figures a README reports about a run, with where they were measured."""
+def summarize(history: pd.DataFrame, data_label: str) -> dict:
+    """The figures a README reports about a run, with where and how they were measured (every
+    execution and hardware its epochs ran on, in order)."""
     last = history.iloc[-1]
-    return {"device": device_name(device), "data": data_label, "epochs": int(history.index[-1]), "final_val_acc": round(float(last.val_acc), 4),
+    return {"hardware": " then ".join(dict.fromkeys(history.hardware)),
+            "execution": " then ".join(dict.fromkeys(history.execution)),
+            "data": data_label, "epochs": int(history.index[-1]), "final_val_acc": round(float(last.val_acc), 4),
             "best_val_acc": round(float(history.val_acc.max()), 4),
             "train_seconds": round(float(history.seconds.sum()), 1),
             "median_epoch_seconds": round(float(history.seconds.median()), 2),

@@ -1,12 +1,13 @@
-"""Shared fixtures: the real CIFAR-10 (JPEG copy) when it is beside the checkout, and isolated outputs."""
+"""Shared fixtures: the real CIFAR-10 (JPEG copy) when it is beside the checkout, one quick run trained
+on it and shared by the tests that need a trained network, tiny random data, and isolated outputs."""
 import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from helpers import config, data
-from helpers.data import Datasets, Split
+from helpers import config, data, train
+from helpers.data import Datasets
+from tiny import tiny_datasets
 
 SHARED_ARCHIVE = config.REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -35,9 +36,17 @@ def isolated_outputs(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny() -> Datasets:
-    """128 training and 64 validation (= test) images of random pixels, labelled by brightness: fast runs."""
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (192, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    labels = (images.float().mean((1, 2, 3)) * 10 / 256).long().clamp(0, 9)
-    train, held_out = Split(images[:128], labels[:128]), Split(images[128:], labels[128:])
-    return Datasets(train, held_out, held_out, *data.channel_stats(train.images))
+    return tiny_datasets()
+
+
+@pytest.fixture(scope="session")
+def quick_run(real_source, tmp_path_factory) -> Path:
+    """The quick configuration (2 epochs on 5,000 real images) trained once by the command line, on the CPU,
+    into its own output folder; the checkpoint's path. The slowest thing the tests do, so done once."""
+    out = tmp_path_factory.mktemp("quick-run")
+    path = out / "runs" / "quick" / "checkpoint.pt"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CIFAR10_OUTPUT", str(out))
+        env.setenv("CIFAR10_PROGRESS", "off")
+        assert train.main(["--quick", "--data", str(real_source), "--device", "cpu", "--checkpoint", str(path)]) == 0
+    return path

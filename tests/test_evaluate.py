@@ -8,13 +8,13 @@ import pytest
 import torch
 from torchvision.models import resnet18 as imagenet_resnet18
 
-from helpers import checkpoint, config, evaluate, train
+from helpers import checkpoint, evaluate, execution, train
 from helpers.checkpoint import CheckpointError
 from helpers.data import CLASSES
 from helpers.evaluate import Predictions
+from tiny import TINY
 
-TINY = config.QUICK.replace(name="tiny", epochs=1, batch_size=32, checkpoint_every_s=0)
-CPU = torch.device("cpu")
+CPU = execution.resolve(torch.device("cpu"))
 
 
 # ---------------------------------------------------------------- tables from labels and predictions
@@ -128,14 +128,13 @@ def test_a_confidence_on_a_bin_edge_belongs_to_the_bin_it_closes():
 def tiny_checkpoint(tiny, tmp_path_factory):
     """A checkpoint written by helpers.train.fit after one epoch on the tiny data."""
     path = tmp_path_factory.mktemp("run") / "checkpoint.pt"
-    train.fit(TINY, tiny, device="cpu", checkpoint_path=path)
+    train.fit(TINY.replace(epochs=1), tiny, device="cpu", checkpoint_path=path)
     return path
 
 
 def test_evaluating_a_checkpoint_twice_gives_identical_probabilities(tiny, tiny_checkpoint):
     def evaluate_once(model, state):
-        cfg = config.Config(**state["config"])
-        return evaluate.predict(model, tiny.test.images, tiny.test.labels, state["mean"], state["std"], cfg, CPU)
+        return evaluate.predict(model, tiny.test.images, tiny.test.labels, state["mean"], state["std"], CPU, 16)
 
     model, state = evaluate.load_model(tiny_checkpoint, CPU)
     first, again = evaluate_once(model, state), evaluate_once(model, state)
@@ -147,14 +146,14 @@ def test_evaluating_a_checkpoint_twice_gives_identical_probabilities(tiny, tiny_
 
 def test_flip_tta_is_the_log_of_the_mean_softmax_of_each_image_and_its_mirror(tiny, tiny_checkpoint):
     model, state = evaluate.load_model(tiny_checkpoint, CPU)
-    cfg = config.Config(**state["config"]).replace(precision="fp32", eval_batch_size=16)
+    fp32 = execution.resolve(torch.device("cpu"), "fp32")
     images = tiny.test.images
     mean, std = torch.tensor(state["mean"])[:, None, None], torch.tensor(state["std"])[:, None, None]
     x = (images.float() / 255 - mean) / std
     with torch.no_grad():
         model.eval()
         by_hand = ((model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2).log()
-    tta = evaluate.logits(model, images, state["mean"], state["std"], cfg, CPU, flip_tta=True)
+    tta = evaluate.logits(model, images, state["mean"], state["std"], fp32, batch_size=16, flip_tta=True)
     torch.testing.assert_close(tta, by_hand, rtol=1e-4, atol=1e-5)
 
 
@@ -184,16 +183,13 @@ def test_the_command_line_reports_a_missing_checkpoint_and_exits_2(tmp_path, cap
 
 
 @pytest.mark.slow
-def test_evaluate_cli_reports_a_checkpoint_trained_by_the_train_cli(real_source, tmp_path, capsys):
-    path = str(tmp_path / "c.pt")
-    common = ["--data", str(real_source), "--device", "cpu"]
-    assert train.main(["--quick", "--epochs", "1", "--checkpoint", path] + common) == 0
-    capsys.readouterr()
-    assert evaluate.main(["--checkpoint", path] + common) == 0
+def test_evaluate_cli_reports_the_checkpoint_the_train_cli_wrote(quick_run, real_source, capsys):
+    assert evaluate.main(["--checkpoint", str(quick_run), "--data", str(real_source), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     line = re.search(r"test accuracy (\d+\.\d\d)% and loss (\d+\.\d{4}) on 2000 images \(quick configuration, "
-                     r"epoch 1\)", out)
+                     r"epoch 2; (.+)\)", out)
     assert line, out
+    assert line.group(3) == str(CPU)  # the execution and hardware it was measured with
     rows = re.findall(r"^(\w+)\s+(\d\.\d+)\s+(\d\.\d+)\s+(\d\.\d+)\s+(\d+)$", out, flags=re.MULTILINE)
     assert [row[0] for row in rows] == list(CLASSES) and all(int(row[4]) == 200 for row in rows)
     # overall accuracy = support-weighted mean recall, from the printed (rounded) table

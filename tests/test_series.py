@@ -1,8 +1,9 @@
-"""`make series`: which notebooks it runs, and what it says on a machine without a GPU."""
+"""`make series`: which notebooks it runs, what it says on a machine without a GPU, and Ctrl-C."""
 import pytest
 import torch
 
-from helpers import config, series
+from helpers import config, execution, series, train
+from helpers.device import resolve_device
 
 
 def test_the_series_is_notebooks_01_to_04_in_order():
@@ -12,15 +13,30 @@ def test_the_series_is_notebooks_01_to_04_in_order():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_without_a_gpu_the_full_recipe_says_how_long_and_how_to_run_quick(capsys, monkeypatch):
-    monkeypatch.setattr(series, "estimated_hours", lambda cfg: 12.3)
+def test_without_a_gpu_the_full_recipe_says_how_long_as_what_and_how_to_run_quick(capsys, monkeypatch):
+    cpu = execution.resolve(torch.device("cpu"))
+    monkeypatch.setattr(series, "timed_execution", lambda cfg: (cpu, 1 / 50))  # 50 images/s
     series.warn_without_gpu(config.RECIPE)
-    said = capsys.readouterr().out
+    said = " ".join(capsys.readouterr().out.split())
+    # 50 epochs x 45,000 images at 1/50 s each = 45,000 s = 12.5 hours
     assert "No CUDA GPU found" in said and "about 12 hours" in said and "make series QUICK=1" in said
+    assert f"as {cpu} (50 images/s)" in said
     series.warn_without_gpu(config.QUICK)
     assert capsys.readouterr().out == ""
 
 
-def test_the_estimate_times_real_training_steps():
-    hours = series.estimated_hours(config.RECIPE.replace(batch_size=8, epochs=1), steps=2)
-    assert 0 < hours < 24  # 45,000 images at the measured per-image time of this machine
+def test_the_estimate_times_one_real_step_of_the_execution_that_will_run(monkeypatch):
+    """Seconds, not minutes, where a step is slow: one small untimed step, then one timed step of a full batch."""
+    batches, real_epoch = [], train.train_epoch
+
+    def counted(run, split):
+        batches.append((len(split), run.execution))
+        return real_epoch(run, split)
+
+    monkeypatch.setattr(train, "train_epoch", counted)
+    cfg = config.RECIPE.replace(batch_size=32)
+    used, seconds_per_image = series.timed_execution(cfg)
+    assert [size for size, _ in batches] == [16, 32]
+    assert all(ran == used for _, ran in batches) and used == execution.resolve(resolve_device("auto"))
+    assert 0 < seconds_per_image < 10
+    assert series.estimated_hours(cfg, 1 / 50) == pytest.approx(12.5)

@@ -4,13 +4,14 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import checkpoint, config, data, train
+from helpers import checkpoint, config, execution, train
 from helpers.checkpoint import CheckpointError
 from helpers.device import DeviceError, resolve_device
 from helpers.train import TrainingError
+from tiny import TINY
 
-TINY = config.QUICK.replace(name="tiny", epochs=2, batch_size=32, plateau_patience=0, checkpoint_every_s=0)
-MEASURED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # all but the timings
+MEASURED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # all but the timings and hardware
+CPU = execution.resolve(torch.device("cpu"))
 
 
 def fit(tiny, cfg=TINY, **kwargs):
@@ -18,7 +19,7 @@ def fit(tiny, cfg=TINY, **kwargs):
 
 
 def test_recipe_defaults_are_the_original_readmes():
-    run = train.new_run(config.RECIPE, torch.device("cpu"), (0.5,) * 3, (0.25,) * 3)
+    run = train.new_run(config.RECIPE, CPU, (0.5,) * 3, (0.25,) * 3)
     group = run.optimizer.param_groups[0]
     assert isinstance(run.optimizer, torch.optim.SGD)
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.1, 0.9, 5e-4)
@@ -83,7 +84,7 @@ def test_a_non_finite_loss_stops_naming_the_epoch_and_keeps_the_last_good_checkp
 
 
 def test_no_host_sync_inside_an_epoch(tiny, monkeypatch):
-    run = train.new_run(TINY, torch.device("cpu"), tiny.mean, tiny.std)
+    run = train.new_run(TINY, CPU, tiny.mean, tiny.std)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the training loop waited for the device")
@@ -96,8 +97,9 @@ def test_no_host_sync_inside_an_epoch(tiny, monkeypatch):
 def test_history_csv_is_written_beside_the_checkpoint(tiny, tmp_path):
     history = fit(tiny, checkpoint_path=tmp_path / "run" / "checkpoint.pt")
     saved = pd.read_csv(tmp_path / "run" / "history.csv")
-    assert list(saved.columns) == MEASURED + ["seconds", "images_per_s"]
+    assert list(saved.columns) == MEASURED + ["seconds", "images_per_s", "execution", "hardware"]
     pd.testing.assert_frame_equal(saved[MEASURED], history)
+    assert set(saved.execution) == {CPU.label} and set(saved.hardware) == {str(CPU.hardware)}
 
 
 def test_nonsense_hyperparameters_are_refused_all_at_once():
@@ -116,9 +118,11 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys):
     assert "Use --device cpu" in capsys.readouterr().err
 
 
-def test_fp16_on_the_cpu_is_refused():
+def test_fp16_on_the_cpu_is_refused(tiny, capsys):
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        config.autocast_dtype(config.RECIPE.replace(precision="fp16"), torch.device("cpu"))
+        fit(tiny, TINY.replace(precision="fp16"))
+    assert train.main(["--device", "cpu", "--precision", "fp16", "--epochs", "1"]) == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(tiny, tmp_path):
@@ -129,13 +133,9 @@ def test_a_checkpoint_of_another_architecture_is_refused(tiny, tmp_path):
     state["model"] = imagenet_resnet18(num_classes=10).state_dict()
     checkpoint.save(state, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match=r"conv1.weight has shape \(64, 3, 7, 7\)"):
-        fit(tiny, checkpoint_path=tmp_path / "other.pt", resume=True)
+        fit(tiny, checkpoint_path=tmp_path / "other.pt")
 
 
-def test_a_checkpoint_of_another_configuration_is_refused(tiny, tmp_path):
-    fit(tiny, TINY.replace(epochs=1), checkpoint_path=tmp_path / "c.pt")
-    with pytest.raises(CheckpointError, match="lr: 0.02 in the checkpoint, 0.05 now"):
-        fit(tiny, TINY.replace(lr=0.05), checkpoint_path=tmp_path / "c.pt", resume=True)
 
 
 def test_foreign_corrupt_and_missing_files_are_clear_errors(tmp_path):
@@ -184,22 +184,25 @@ def test_help_shows_the_recipes_defaults(capsys, monkeypatch):
         assert default in shown
 
 
-def test_progress_bars_work_without_a_terminal(tiny, monkeypatch, capsys):
+def test_progress_bars_work_without_a_terminal_and_show_the_latest_epoch(tiny, monkeypatch, capsys):
     monkeypatch.setenv("CIFAR10_PROGRESS", "auto")
-    fit(tiny, TINY.replace(epochs=1))
-    assert "training (tiny, cpu)" in capsys.readouterr().err
+    history = fit(tiny, TINY.replace(epochs=2))
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    last = [line for line in bar if "training (tiny, cpu)" in line][-1]
+    assert "2/2" in last and f"val_acc={history.val_acc.iloc[-1]:.3f}" in last and "lr=0.02" in last
 
 
 @pytest.mark.slow
-def test_a_short_cpu_run_on_real_images_learns(real_source):
-    """3 epochs of the quick configuration on 5,000 real images lift validation accuracy well above chance.
+def test_the_quick_run_on_real_images_learns(quick_run):
+    """2 epochs of the quick configuration on 5,000 real images lift validation accuracy well above chance.
 
-    Measured on 2 CPU cores, CIFAR-10 (JPEG copy): 33.1% (seed 0) and 30.6% (seed 1) after 3 epochs, against
-    10% for chance; 22% keeps a margin of over eight points below the weaker seed and is still twice chance.
+    Measured on 2 CPU cores (Intel Xeon, AVX-512 without BF16), CIFAR-10 (JPEG copy), validation accuracy
+    after 2 epochs: fp32 27.5% (seed 0) and 28.0% (seed 1); bf16 (emulated) 27.8% and 31.7%. 20% is twice
+    chance and 7.5 points below the weakest of these, so it holds in either precision.
     """
-    cfg = config.QUICK.replace(name="learning-check", epochs=3, test_limit=1000)
-    history = train.fit(cfg, data.prepare(cfg, real_source), device="cpu")
-    assert history.val_acc.iloc[-1] > 0.22
+    history = pd.read_csv(quick_run.with_name("history.csv"), index_col="epoch")
+    assert list(history.index) == [1, 2]
+    assert history.val_acc.iloc[-1] > 0.20
 
 
 def test_a_checkpoint_from_another_device_type_is_refused(tiny, tmp_path):
@@ -207,6 +210,6 @@ def test_a_checkpoint_from_another_device_type_is_refused(tiny, tmp_path):
     state = checkpoint.load(tmp_path / "c.pt")
     state["device_type"] = "cuda"
     checkpoint.save(state, tmp_path / "c.pt")
-    with pytest.raises(CheckpointError, match="trained on cuda; resume it there"):
-        fit(tiny, checkpoint_path=tmp_path / "c.pt", resume=True)
+    with pytest.raises(CheckpointError, match="trained on cuda; resume it there .* or start again with --fresh"):
+        fit(tiny, checkpoint_path=tmp_path / "c.pt")
 

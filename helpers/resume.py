@@ -1,0 +1,143 @@
+"""Whether a run starts, resumes, is reused or is refused; and the state that makes resuming exact.
+
+One rule for every caller (train.fit, notebook 03, `make series`, `python -m helpers.train`):
+
+    no checkpoint                              a new run
+    a finished run of this configuration       reused: its history comes from the checkpoint, nothing trains
+    a partial run of this configuration        resumed exactly, from its last saved epoch
+    a run of another configuration             refused, naming the differences: never overwritten
+
+`fresh=True` (`--fresh`) starts again and keeps the old checkpoint aside under a dated name. The
+state captured at an epoch boundary holds model, optimizer, scheduler, scaler and every random
+state, so that training on from it gives the same history as never stopping.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import checkpoint
+from .checkpoint import CheckpointError
+from .config import Config, shown_path
+
+if TYPE_CHECKING:
+    from .train import Run
+
+# Settings a run may change and still continue: names, length and how the arithmetic runs.
+CONTINUABLE = {"name", "epochs", "precision", "compile", "eval_batch_size", "checkpoint_every_s"}
+WAYS_ON = ("To keep both, train under another name or checkpoint path (--checkpoint PATH, "
+           "fit(..., checkpoint_path=PATH)); to start again, use --fresh or fit(..., fresh=True), "
+           "which keeps the old checkpoint aside.")
+
+
+@dataclass
+class Plan:
+    """What fit does with a checkpoint path (decide's answer), and the line that tells the user."""
+
+    action: str            # "new", "resume" or "reuse"
+    state: dict | None     # the checkpoint's contents, for resume and reuse
+    message: str | None    # one line, or None when there is nothing to say
+
+
+def decide(cfg: Config, path: Path, data: str, fresh: bool = False, required: bool = False) -> Plan:
+    """Apply the rule to the checkpoint at `path` for a run of `cfg` on `data` (a data label).
+
+    `required` (the old --resume) makes a missing checkpoint an error instead of a new run.
+    """
+    path = Path(path)
+    if fresh:
+        kept = set_aside(path) if path.exists() else None
+        return Plan("new", None, kept and f"Fresh start; the previous checkpoint is kept as {shown_path(kept)}.")
+    if not path.exists() and not required:
+        return Plan("new", None, None)
+    state = checkpoint.load(path)
+    refuse_another_configuration(cfg, data, state, path)
+    if state["epoch"] >= cfg.epochs:
+        return Plan("reuse", state, f"{shown_path(path)} holds a finished run of this configuration "
+                    f"({state['epoch']} epochs): reusing it, nothing is trained. To train again: --fresh or "
+                    "fit(..., fresh=True), which keeps the old checkpoint aside.")
+    return Plan("resume", state, f"Resuming {shown_path(path)} from epoch {state['epoch']} of {cfg.epochs}.")
+
+
+def differences(cfg: Config, data: str, state: dict) -> dict[str, tuple]:
+    """{setting: (value in the checkpoint, value now)} for every setting that must match, and the data."""
+    saved = {**state["config"], "data": state.get("data")}
+    now = {**cfg.as_dict(), "data": data}
+    return {key: (saved.get(key), value) for key, value in now.items()
+            if key not in CONTINUABLE and saved.get(key) != value}
+
+
+def refuse_another_configuration(cfg: Config, data: str, state: dict, path: Path) -> None:
+    found = differences(cfg, data, state)
+    if found:
+        listed = ", ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, (old, new) in found.items())
+        raise CheckpointError(f"{shown_path(path)} holds a run of another configuration ({listed}); it is "
+                              f"left as it is. {WAYS_ON}")
+
+
+def set_aside(path: Path) -> Path:
+    """Rename the checkpoint to <name>.before-<date>-<time>.pt beside it, never over another file."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    kept, n = path.with_name(f"{path.stem}.before-{stamp}{path.suffix}"), 1
+    while kept.exists():
+        kept, n = path.with_name(f"{path.stem}.before-{stamp}-{n}{path.suffix}"), n + 1
+    os.rename(path, kept)
+    return kept
+
+
+# ---------------------------------------------------------------- the state of a run
+
+
+def to_cpu(obj):
+    """A copy of nested state with every tensor on the CPU (a snapshot, never a view)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: to_cpu(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(value) for value in obj)
+    return obj
+
+
+def capture(run: Run) -> dict:
+    """The run's complete state at an epoch boundary."""
+    return to_cpu({
+        "architecture": checkpoint.ARCHITECTURE,
+        "device_type": run.device.type,  # random generator states differ between CPU and CUDA
+        "execution": run.execution.as_dict(),  # of the latest epoch; the history has each epoch's
+        "config": run.cfg.as_dict(),
+        "data": run.data,
+        "epoch": run.epoch,
+        "history": run.history,
+        "mean": list(run.mean),
+        "std": list(run.std),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "generator": run.generator.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    })
+
+
+def restore(run: Run, state: dict) -> None:
+    """Continue `run` from a checkpoint of its configuration (plan checked that), on the same device type."""
+    if state["device_type"] != run.device.type:
+        raise CheckpointError(f"The checkpoint was trained on {state['device_type']}; resume it there (its random "
+                              f"states do not carry over to {run.device.type}), or start again with --fresh.")
+    checkpoint.load_weights(run.model, state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.scaler.is_enabled() and state["scaler"]:  # fp16 before and now; other executions keep no scale
+        run.scaler.load_state_dict(state["scaler"])
+    run.generator.set_state(state["rng"]["generator"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    run.epoch, run.history = state["epoch"], list(state["history"])
+    run.mean, run.std = tuple(state["mean"]), tuple(state["std"])

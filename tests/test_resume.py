@@ -1,0 +1,305 @@
+"""Re-running never loses a run: a finished run is reused, a partial one resumed exactly, another
+configuration refused and never overwritten, a fresh start keeps the old checkpoint aside. Real
+processes are killed (SIGKILL) and interrupted (SIGINT) mid-run and started again the same way."""
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import torch
+
+from helpers import checkpoint, config, progress, series, train
+from helpers.checkpoint import CheckpointError
+from tiny import TINY
+
+MEASURED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+TESTS = Path(__file__).resolve().parent
+
+
+def fit(tiny, cfg=TINY, **kwargs):
+    return train.fit(cfg, tiny, device="cpu", **kwargs).reset_index()[MEASURED]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def no_training(*args):
+    raise AssertionError("a training epoch ran")
+
+
+# ---------------------------------------------------------------- the rule
+
+
+def test_a_finished_run_of_the_same_configuration_is_reused_not_retrained(tiny, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "run" / "checkpoint.pt"
+    first = fit(tiny, checkpoint_path=path)
+    before = digest(path)
+    capsys.readouterr()
+    monkeypatch.setattr(train, "train_epoch", no_training)
+    again = fit(tiny, checkpoint_path=path)
+    pd.testing.assert_frame_equal(again, first, check_exact=True)
+    assert digest(path) == before
+    said = capsys.readouterr().out
+    assert said.count("\n") == 1
+    assert "checkpoint.pt holds a finished run of this configuration (2 epochs): reusing it" in said
+    assert "--fresh" in said and "fresh=True" in said
+
+
+def test_a_partial_run_of_the_same_configuration_is_resumed_exactly_saying_from_where(tiny, tmp_path, capsys):
+    straight = fit(tiny, TINY.replace(epochs=3), checkpoint_path=tmp_path / "a.pt")
+    fit(tiny, TINY.replace(epochs=1), checkpoint_path=tmp_path / "b.pt")
+    capsys.readouterr()
+    resumed = fit(tiny, TINY.replace(epochs=3), checkpoint_path=tmp_path / "b.pt")
+    assert capsys.readouterr().out == "Resuming b.pt from epoch 1 of 3.\n"
+    pd.testing.assert_frame_equal(resumed, straight, check_exact=True)
+
+
+def test_a_run_of_another_configuration_is_refused_and_left_as_it_was(tiny, tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    fit(tiny, TINY.replace(epochs=1), checkpoint_path=path)
+    before = digest(path)
+    monkeypatch.setattr(train, "train_epoch", no_training)
+    with pytest.raises(CheckpointError) as refused:
+        fit(tiny, TINY.replace(lr=0.05, seed=3), checkpoint_path=path)
+    message = str(refused.value)
+    assert "c.pt holds a run of another configuration (lr: 0.02 in the checkpoint, 0.05 now, seed: 0 in the " \
+           "checkpoint, 3 now); it is left as it is." in message
+    assert "--checkpoint PATH" in message and "--fresh" in message and "fresh=True" in message
+    assert digest(path) == before and not list(tmp_path.glob("*before*"))
+
+
+def test_a_run_on_other_data_is_refused(tiny, tmp_path):
+    fit(tiny, TINY.replace(epochs=1), checkpoint_path=tmp_path / "c.pt")
+    other = train.Datasets(tiny.train, tiny.val, tiny.test, tiny.mean, tiny.std, label="CIFAR-10 (JPEG copy)")
+    with pytest.raises(CheckpointError, match="data: 'CIFAR-10' in the checkpoint, 'CIFAR-10 \\(JPEG copy\\)' now"):
+        train.fit(TINY, other, device="cpu", checkpoint_path=tmp_path / "c.pt")
+
+
+def test_execution_settings_and_length_may_change(tiny, tmp_path, capsys):
+    fit(tiny, TINY.replace(epochs=1), checkpoint_path=tmp_path / "c.pt")
+    fit(tiny, TINY.replace(epochs=2, precision="fp32", eval_batch_size=7, checkpoint_every_s=5),
+        checkpoint_path=tmp_path / "c.pt")
+    assert "Resuming c.pt from epoch 1 of 2." in capsys.readouterr().out
+
+
+def test_a_fresh_start_trains_again_and_keeps_the_old_checkpoint_aside(tiny, tmp_path, capsys):
+    path = tmp_path / "c.pt"
+    straight = fit(tiny, checkpoint_path=tmp_path / "straight.pt")
+    fit(tiny, TINY.replace(lr=0.05, epochs=1), checkpoint_path=path)
+    old = digest(path)
+    capsys.readouterr()
+    again = fit(tiny, checkpoint_path=path, fresh=True)
+    kept = sorted(tmp_path.glob("c.before-*.pt"))
+    assert len(kept) == 1 and digest(kept[0]) == old
+    assert capsys.readouterr().out == f"Fresh start; the previous checkpoint is kept as {kept[0].name}.\n"
+    pd.testing.assert_frame_equal(again, straight, check_exact=True)
+    fit(tiny, checkpoint_path=path, fresh=True)
+    assert len(list(tmp_path.glob("c.before-*.pt"))) == 2  # two fresh starts in one second keep both
+
+
+def test_resume_keeps_working_and_needs_a_checkpoint(tiny, tmp_path):
+    with pytest.raises(CheckpointError, match="No checkpoint at missing.pt"):
+        fit(tiny, checkpoint_path=tmp_path / "missing.pt", resume=True)
+    fit(tiny, TINY.replace(epochs=1), checkpoint_path=tmp_path / "c.pt")
+    assert len(fit(tiny, checkpoint_path=tmp_path / "c.pt", resume=True)) == 2
+
+
+def test_a_corrupt_checkpoint_is_refused_and_fresh_sets_it_aside(tiny, tmp_path):
+    path = tmp_path / "c.pt"
+    path.write_bytes(b"\x00half a checkpoint")
+    with pytest.raises(CheckpointError, match="c.pt is not a readable checkpoint"):
+        fit(tiny, checkpoint_path=path)
+    fit(tiny, TINY.replace(epochs=1), checkpoint_path=path, fresh=True)
+    assert [p.read_bytes() for p in tmp_path.glob("c.before-*.pt")] == [b"\x00half a checkpoint"]
+
+
+@pytest.mark.slow
+def test_the_command_line_reuses_a_finished_run(quick_run, real_source, capsys, monkeypatch):
+    before = digest(quick_run)
+    monkeypatch.setattr(train, "train_epoch", no_training)
+    assert train.main(["--quick", "--data", str(real_source), "--device", "cpu", "--checkpoint", str(quick_run)]) == 0
+    assert "holds a finished run of this configuration (2 epochs): reusing it" in capsys.readouterr().out
+    assert digest(quick_run) == before
+
+
+# ---------------------------------------------------------------- real processes, stopped for real
+
+
+def start_tiny_run(path: Path, epochs: int) -> subprocess.Popen:
+    """`python tests/tiny.py` in its own session, with Ctrl-C at its default (a background job may ignore it)."""
+    return subprocess.Popen([sys.executable, str(TESTS / "tiny.py"), str(path), str(epochs)], cwd=TESTS.parent,
+                            env={**os.environ, "CIFAR10_PROGRESS": "off"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def wait_for(condition, seconds: float = 120):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+STOPPED_EPOCHS = 3  # the signal comes once epoch 1 is saved, during epoch 2
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_tiny_run(tmp_path_factory) -> pd.DataFrame:
+    path = tmp_path_factory.mktemp("straight") / "c.pt"
+    straight = start_tiny_run(path, STOPPED_EPOCHS)
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+    return pd.read_csv(path.with_name("history.csv"))[MEASURED]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_a_process_stopped_mid_run_and_started_again_gives_the_uninterrupted_history(
+        uninterrupted_tiny_run, tmp_path, stop):
+    path = tmp_path / "c.pt"
+    run = start_tiny_run(path, STOPPED_EPOCHS)
+    wait_for(lambda: path.exists() or run.poll() is not None)  # written (atomically) after every epoch
+    run.send_signal(stop)
+    code = run.wait(timeout=120)
+    stopped_at = checkpoint.load(path)["epoch"]
+    assert 1 <= stopped_at < STOPPED_EPOCHS, "the signal came too late to test anything"
+    if stop == signal.SIGKILL:
+        assert code == -signal.SIGKILL
+    else:
+        assert code == 130 and f"Stopped; c.pt holds epoch {stopped_at}." in run.stderr.read()
+    again = start_tiny_run(path, STOPPED_EPOCHS)
+    assert again.wait(timeout=300) == 0
+    assert f"Resuming c.pt from epoch {stopped_at} of {STOPPED_EPOCHS}." in again.stdout.read()
+    pd.testing.assert_frame_equal(pd.read_csv(path.with_name("history.csv"))[MEASURED], uninterrupted_tiny_run,
+                                  check_exact=True)
+
+
+TRAINING_NOTEBOOK = """\
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from helpers import train
+from tiny import TINY, tiny_datasets
+
+real_capture = train.capture
+def counted(run):  # marks every finished epoch once captured, so that the test knows when to press Ctrl-C
+    state = real_capture(run)
+    with open({marks!r}, "a") as marks:
+        marks.write("epoch\\n")
+    return state
+train.capture = counted
+history = train.fit(TINY.replace(epochs={epochs}, checkpoint_every_s=1e9), tiny_datasets(), device="cpu",
+                    checkpoint_path=Path({path!r}))
+"""
+
+
+def training_notebook(tmp_path: Path, epochs: int) -> tuple[Path, Path, Path]:
+    path, marks = tmp_path / "run" / "checkpoint.pt", tmp_path / "marks.txt"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(TRAINING_NOTEBOOK.format(
+        tests=str(TESTS), marks=str(marks), epochs=epochs, path=str(path)))])
+    nbformat.write(notebook, tmp_path / "training.ipynb")
+    return tmp_path / "training.ipynb", path, marks
+
+
+def run_series(notebook: Path) -> subprocess.Popen:
+    code = f"import sys; from helpers import series; sys.exit(series.run([__import__('pathlib').Path({str(notebook)!r})]))"
+    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "CIFAR10_PROGRESS": "off"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def figure_outputs(notebook: Path) -> list:
+    cell = nbformat.read(notebook, as_version=4).cells[0]
+    return [output for output in cell.outputs if "image/png" in output.get("data", {})]
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_series_saves_the_last_epoch_and_the_series_carries_on(tiny, tmp_path):
+    """checkpoint_every_s is huge, so the only write before the end is the one Ctrl-C causes in the kernel."""
+    epochs = 6
+    straight = fit(tiny, TINY.replace(epochs=epochs), checkpoint_path=tmp_path / "straight.pt")
+    notebook, path, marks = training_notebook(tmp_path, epochs)
+    series_run = run_series(notebook)
+    wait_for(lambda: marks.exists() and marks.read_text().count("\n") >= 2 or series_run.poll() is not None)
+    series_run.send_signal(signal.SIGINT)
+    assert series_run.wait(timeout=120) == 130
+    assert "Interrupted in training.ipynb" in series_run.stderr.read()
+    stopped_at = checkpoint.load(path)["epoch"]
+    assert 2 <= stopped_at < epochs and marks.read_text().count("\n") == stopped_at  # every finished epoch was saved
+    again = run_series(notebook)
+    assert again.wait(timeout=300) == 0, again.stderr.read()
+    pd.testing.assert_frame_equal(pd.read_csv(path.with_name("history.csv"))[MEASURED], straight, check_exact=True)
+    stored = nbformat.read(notebook, as_version=4).cells[0].outputs
+    assert f"Resuming checkpoint.pt from epoch {stopped_at} of {epochs}." in "".join(
+        output.get("text", "") for output in stored)
+    assert len(figure_outputs(notebook)) == 1  # the live curves: one figure, updated in place
+
+
+# ---------------------------------------------------------------- live curves
+
+
+class FakeHandle:
+    def __init__(self, shown):
+        self.shown = shown
+
+    def update(self, figure):
+        self.shown.append(("update", figure))
+
+
+def test_in_a_notebook_one_figure_is_redrawn_after_every_epoch(tiny, monkeypatch):
+    import IPython.display
+
+    shown = []
+
+    def display(figure, display_id):
+        assert display_id is True
+        shown.append(("display", figure))
+        return FakeHandle(shown)
+
+    monkeypatch.setattr(progress, "in_notebook", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", display)
+    fit(tiny, TINY.replace(epochs=3))
+    assert [kind for kind, _ in shown] == ["display", "update", "update"]
+    figure = shown[0][1]
+    assert all(f is figure for _, f in shown) and figure.canvas.manager is None  # one figure, outside pyplot
+    loss_axes = figure.axes[0]
+    assert [len(line.get_xdata()) for line in loss_axes.get_lines()] == [3, 3]  # train and validation, 3 epochs
+
+
+def test_outside_a_notebook_no_figure_is_drawn(tiny, monkeypatch):
+    import IPython.display
+
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: pytest.fail("a figure was displayed"))
+    assert not progress.in_notebook()
+    fit(tiny, TINY.replace(epochs=1))
+
+
+# ---------------------------------------------------------------- notebook 03, twice
+
+
+@pytest.mark.slow
+def test_notebook_03_run_again_trains_nothing(quick_run, real_source, tmp_path, monkeypatch):
+    """The quick run the command line trained is what notebook 03 would have trained: running the notebook
+    over it reuses it, and the checkpoint is not written again."""
+    out = tmp_path / "out"
+    (out / "runs").mkdir(parents=True)
+    target = out / "runs" / "quick" / "checkpoint.pt"
+    target.parent.mkdir()
+    target.write_bytes(quick_run.read_bytes())
+    (target.parent / "history.csv").write_bytes(quick_run.with_name("history.csv").read_bytes())
+    before = digest(target)
+    copy = tmp_path / "03_training.ipynb"
+    copy.write_text((config.REPO_ROOT / "notebooks" / "03_training.ipynb").read_text())
+    monkeypatch.setenv("CIFAR10_OUTPUT", str(out))
+    monkeypatch.setenv("CIFAR10_QUICK", "1")
+    monkeypatch.setenv("CIFAR10_DATA", str(real_source))
+    series.execute(copy)
+    said = "".join(output.get("text", "") for cell in nbformat.read(copy, as_version=4).cells
+                   if cell.cell_type == "code" for output in cell.outputs)
+    assert "runs/quick/checkpoint.pt holds a finished run of this configuration (2 epochs): reusing it" in said
+    assert digest(target) == before
