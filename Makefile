@@ -29,7 +29,7 @@ test: export CIFAR10_OUTPUT := build/test
 test: export CIFAR10_PROGRESS := off
 test: $(STAMP)
 	rm -rf $(CIFAR10_OUTPUT)  # a clean run: notebook 03 trains rather than reusing the last run's checkpoint
-	$(PY) -m pytest --nbval tests notebooks
+	$(PY) -m pytest --nbval --durations=10 tests notebooks
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

@@ -12,11 +12,11 @@ a second Ctrl-C stops at once.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sys
 import time
-from contextlib import contextmanager
 
 import nbformat
 import torch
@@ -82,30 +82,24 @@ def execute(path) -> None:
                             resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
                             # let the kernel's own stderr (progress bars) reach this terminal, not the notebook
                             extra_arguments=["--IPKernelApp.capture_fd_output=False"],
-                            record_timing=False)  # no timestamps in the stored notebooks
-    with ctrl_c_interrupts_the_kernel(client):
-        client.execute()
+                            record_timing=False,  # no timestamps in the stored notebooks
+                            on_notebook_start=lambda notebook: pass_ctrl_c_to_the_kernel(client))
+    client.execute()
     nbformat.write(notebook, path)
 
 
-@contextmanager
-def ctrl_c_interrupts_the_kernel(client: NotebookClient):
-    """The kernel runs in a session of its own, so a terminal's Ctrl-C does not reach it; killed with its
-    client, it would lose the epochs since its last checkpoint. Pass the first Ctrl-C on to it instead,
-    as Jupyter's interrupt button does (training then saves its last finished epoch, and the cell fails
-    with KeyboardInterrupt); a second Ctrl-C stops here at once."""
-    def interrupt_kernel(signum, frame):
-        signal.signal(signal.SIGINT, previous)
-        kernel = client.km.provisioner.process if client.km and client.km.provisioner else None
-        if kernel is None:
-            raise KeyboardInterrupt
-        os.killpg(kernel.pid, signal.SIGINT)
+def pass_ctrl_c_to_the_kernel(client: NotebookClient) -> None:
+    """The kernel runs in a session of its own, out of reach of the terminal's Ctrl-C, and nbclient's own
+    Ctrl-C handler shuts it down: training would lose the epochs since its last checkpoint. Instead, the
+    first Ctrl-C interrupts the kernel, as Jupyter's interrupt button does (training saves its last
+    finished epoch and the cell fails with KeyboardInterrupt); a second one stops here at once."""
+    loop = asyncio.get_running_loop()
 
-    previous = signal.signal(signal.SIGINT, interrupt_kernel)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    def interrupt() -> None:
+        loop.remove_signal_handler(signal.SIGINT)  # back to Python's own: the next Ctrl-C raises KeyboardInterrupt
+        loop.create_task(client.km.interrupt_kernel())
+
+    loop.add_signal_handler(signal.SIGINT, interrupt)  # replaces nbclient's, for this notebook's run
 
 
 def run(paths) -> int:
@@ -122,6 +116,10 @@ def run(paths) -> int:
                 return 130
             print(f"{path.name} failed; the notebook was left as it was.\n{exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # a second Ctrl-C
+            print(f"Stopped in {path.name}, which was left as it was. Run the series again to carry on.",
+                  file=sys.stderr)
+            return 130
         print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
 
@@ -134,7 +132,10 @@ def main(argv=None) -> int:
     if args.quick:
         os.environ["CIFAR10_QUICK"] = "1"
     os.environ.setdefault("CIFAR10_PROGRESS", "terminal")
-    warn_without_gpu(config.active_config())
+    try:
+        warn_without_gpu(config.active_config())
+    except KeyboardInterrupt:
+        return 130
     return run(notebooks(args.only))
 
 
