@@ -10,6 +10,7 @@ from torch import nn
 from .config import shown_path
 
 ARCHITECTURE = "resnet18-cifar-stem"  # what helpers.model.resnet18 builds; stored in every checkpoint
+FORMAT = 2  # what a checkpoint holds: 2 adds the data label and the execution (resume.capture)
 
 
 class CheckpointError(RuntimeError):
@@ -43,6 +44,10 @@ def load(path: Path) -> dict:
         found = state.get("architecture", "no architecture tag") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{shown_path(path)} is not a checkpoint of this project's {ARCHITECTURE} "
                               f"({found}).")
+    if state.get("format", 1) != FORMAT:
+        raise CheckpointError(f"{shown_path(path)} was written by another version of this project (format "
+                              f"{state.get('format', 1)}, this one reads {FORMAT}): train again with --fresh or "
+                              "fit(..., fresh=True), which keeps it aside, or use that version.")
     return state
 
 

@@ -47,7 +47,7 @@ class Hardware:
 
     @property
     def slug(self) -> str:
-        """A file-name form, e.g. intel-xeon-processor-avx512-no-bf16-2-threads (benchmark results)."""
+        """A file-name form, e.g. intel-xeon-processor-2-threads-avx512-no-bf16 (benchmark results)."""
         words = re.sub(r"\((r|tm)\)|compute capability", "", f"{self.name} {self.detail}".lower())
         words += "" if self.native_bf16 else " no"
         return re.sub(r"[^a-z0-9]+", "-", f"{words} bf16").strip("-")

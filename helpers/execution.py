@@ -18,13 +18,13 @@ PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}  # au
 CHOICES = ("auto", *PRECISIONS)
 
 # What precision="auto" means: (device type, native bf16) -> (precision, channels_last).
-# channels_last: faster on every CPU measured (fp32 40.5 vs 34.6 images/s on an AVX2 EPYC, 61.8 vs 47.2
-# on an AVX-512 Xeon without BF16), and the layout GPU tensor cores use for convolutions.
+# channels_last: faster on every CPU measured (fp32 40.5 vs 34.6 images/s on an AVX2 EPYC, 71.5 vs 65.1
+# on an AVX-512 Xeon without BF16; benchmarks/results/), and the layout GPU tensor cores use for convolutions.
 AUTO = {
     ("cuda", True): ("bf16", True),   # compute capability >= 8.0 (A100, H100, RTX 30xx/40xx): no loss scaling needed
     ("cuda", False): ("fp16", True),  # T4, V100, RTX 20xx: no bf16 convolutions; fp16 with a GradScaler is standard
-    ("cpu", True): ("bf16", True),    # AVX512-BF16 or AMX: bf16 trained 2.4x faster than fp32 on a Zen 4
-    ("cpu", False): ("fp32", True),   # bf16 emulated: 19x slower than fp32 on an AVX2 EPYC, 3x on an AVX-512 Xeon
+    ("cpu", True): ("bf16", True),    # AVX512-BF16 or AMX: bf16 + channels_last 2.4x fp32 NCHW on a Zen 4
+    ("cpu", False): ("fp32", True),   # bf16 emulated: 19x slower than fp32 on an AVX2 EPYC, 3.6x on an AVX-512 Xeon
 }
 
 
@@ -43,7 +43,8 @@ class Execution:
 
     @property
     def label(self) -> str:
-        return f"{self.precision}, {'channels_last' if self.channels_last else 'NCHW'}"
+        tf32 = self.precision == "fp32" and self.device.type == "cuda" and self.hardware.native_bf16
+        return f"{'fp32 (TF32)' if tf32 else self.precision}, {'channels_last' if self.channels_last else 'NCHW'}"
 
     def __str__(self) -> str:
         return f"{self.label} on {self.hardware}"
@@ -95,7 +96,9 @@ def use_fast_cuda_kernels() -> None:
     """The usual switches for a fixed-shape convolution net on a GPU: cuDNN autotuning picks the fastest
     convolution algorithm for each input shape once, and fp32 matmuls and convolutions use TF32 tensor
     cores where the GPU has them (compute capability >= 8.0; elsewhere these settings change nothing).
-    The CUDA backends only: torch.set_float32_matmul_precision would change CPU matmuls too."""
+    The allow_tf32 flags of the CUDA backends: torch.set_float32_matmul_precision would change CPU
+    matmuls too, and torch.compile in recent releases (2.10 reported) refuses the newer fp32_precision
+    settings, because its own code still reads these."""
     torch.backends.cudnn.benchmark = True
-    torch.backends.cudnn.conv.fp32_precision = "tf32"
-    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = True

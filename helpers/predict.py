@@ -50,7 +50,12 @@ class Classified:
         for rank in range(k):
             rows[f"class {rank + 1}"] = [CLASSES[i] for i in indices[:, rank]]
             rows[f"p {rank + 1}"] = probs[:, rank].numpy()
-        return pd.DataFrame(rows, index=pd.Index([f.name for f in self.files], name="image"))
+        return pd.DataFrame(rows, index=pd.Index([shown(f) for f in self.files], name="image"))
+
+
+def shown(path: Path) -> str:
+    """An image's name in the table: the path as given, or for an absolute one, what shown_path makes of it."""
+    return config.shown_path(path) if path.is_absolute() else str(path)
 
 
 def image_files(arguments) -> list[Path]:
@@ -75,14 +80,14 @@ def network_input(path: Path) -> torch.Tensor:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)  # photos stored sideways with an orientation tag
             rgb = (image.convert("RGBA") if image.mode == "P" else image).convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
         raise PredictError(f"{path} is not an image that can be read ({type(exc).__name__}).") from exc
     return TO_NETWORK_INPUT(rgb)
 
 
 def classify(paths, checkpoint_path: Path | None = None, device: str = "auto") -> Classified:
     """Class probabilities of image files (or folders of them) under a checkpoint's weights, in fp32:
-    a handful of images needs no fast arithmetic, and fp32 gives the model's exact probabilities."""
+    a handful of images needs no fast arithmetic."""
     files = image_files(paths)
     images = torch.stack([network_input(path) for path in files])
     execution = resolve(resolve_device(device), "fp32")

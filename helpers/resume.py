@@ -44,11 +44,10 @@ class Plan:
     message: str | None    # one line, or None when there is nothing to say
 
 
-def decide(cfg: Config, path: Path, data: str, fresh: bool = False, required: bool = False) -> Plan:
-    """Apply the rule to the checkpoint at `path` for a run of `cfg` on `data` (a data label).
-
-    `required` (the old --resume) makes a missing checkpoint an error instead of a new run.
-    """
+def decide(cfg: Config, path: Path, data: str, device_type: str, fresh: bool = False,
+           required: bool = False) -> Plan:
+    """Apply the rule to the checkpoint at `path` for a run of `cfg` on `data` (a data label) on a
+    device of `device_type`. `required` (the old --resume) makes a missing checkpoint an error."""
     path = Path(path)
     if fresh:
         kept = set_aside(path) if path.exists() else None
@@ -57,10 +56,16 @@ def decide(cfg: Config, path: Path, data: str, fresh: bool = False, required: bo
         return Plan("new", None, None)
     state = checkpoint.load(path)
     refuse_another_configuration(cfg, data, state, path)
-    if state["epoch"] >= cfg.epochs:
+    if state["epoch"] > cfg.epochs:
+        raise CheckpointError(f"{shown_path(path)} holds {state['epoch']} epochs of this configuration, more than "
+                              f"the {cfg.epochs} asked for; it is left as it is. {WAYS_ON}")
+    if state["epoch"] == cfg.epochs:
         return Plan("reuse", state, f"{shown_path(path)} holds a finished run of this configuration "
                     f"({state['epoch']} epochs): reusing it, nothing is trained. To train again: --fresh or "
                     "fit(..., fresh=True), which keeps the old checkpoint aside.")
+    if state["device_type"] != device_type:
+        raise CheckpointError(f"{shown_path(path)} was trained on {state['device_type']}; resume it there (its "
+                              f"random states do not carry over to {device_type}), or start again with --fresh.")
     return Plan("resume", state, f"Resuming {shown_path(path)} from epoch {state['epoch']} of {cfg.epochs}.")
 
 
@@ -82,12 +87,16 @@ def refuse_another_configuration(cfg: Config, data: str, state: dict, path: Path
 
 def set_aside(path: Path) -> Path:
     """Rename the checkpoint to <name>.before-<date>-<time>.pt beside it, never over another file."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = now()
     kept, n = path.with_name(f"{path.stem}.before-{stamp}{path.suffix}"), 1
     while kept.exists():
         kept, n = path.with_name(f"{path.stem}.before-{stamp}-{n}{path.suffix}"), n + 1
     os.rename(path, kept)
     return kept
+
+
+def now() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
 
 
 # ---------------------------------------------------------------- the state of a run
@@ -108,7 +117,8 @@ def capture(run: Run) -> dict:
     """The run's complete state at an epoch boundary."""
     return to_cpu({
         "architecture": checkpoint.ARCHITECTURE,
-        "device_type": run.device.type,  # random generator states differ between CPU and CUDA
+        "format": checkpoint.FORMAT,
+        "device_type": run.device.type,  # the generator's state is of this device type
         "execution": run.execution.as_dict(),  # of the latest epoch; the history has each epoch's
         "config": run.cfg.as_dict(),
         "data": run.data,
@@ -120,16 +130,12 @@ def capture(run: Run) -> dict:
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "generator": run.generator.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "rng": {"torch": torch.get_rng_state(), "generator": run.generator.get_state()},  # all the run draws from
     })
 
 
 def restore(run: Run, state: dict) -> None:
-    """Continue `run` from a checkpoint of its configuration (plan checked that), on the same device type."""
-    if state["device_type"] != run.device.type:
-        raise CheckpointError(f"The checkpoint was trained on {state['device_type']}; resume it there (its random "
-                              f"states do not carry over to {run.device.type}), or start again with --fresh.")
+    """Continue `run` from a checkpoint that decide() found to be of its configuration and device type."""
     checkpoint.load_weights(run.model, state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -137,7 +143,5 @@ def restore(run: Run, state: dict) -> None:
         run.scaler.load_state_dict(state["scaler"])
     run.generator.set_state(state["rng"]["generator"])
     torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     run.epoch, run.history = state["epoch"], list(state["history"])
     run.mean, run.std = tuple(state["mean"]), tuple(state["std"])

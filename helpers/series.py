@@ -21,7 +21,7 @@ import time
 import nbformat
 import torch
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, DeadKernelError
 
 from . import config
 from .execution import Execution, resolve
@@ -85,7 +85,9 @@ def execute(path) -> None:
                             record_timing=False,  # no timestamps in the stored notebooks
                             on_notebook_start=lambda notebook: pass_ctrl_c_to_the_kernel(client))
     client.execute()
-    nbformat.write(notebook, path)
+    partial = path.with_name(path.name + ".partial")
+    nbformat.write(notebook, partial)
+    os.replace(partial, path)  # a notebook is never left half written
 
 
 def pass_ctrl_c_to_the_kernel(client: NotebookClient) -> None:
@@ -93,11 +95,11 @@ def pass_ctrl_c_to_the_kernel(client: NotebookClient) -> None:
     Ctrl-C handler shuts it down: training would lose the epochs since its last checkpoint. Instead, the
     first Ctrl-C interrupts the kernel, as Jupyter's interrupt button does (training saves its last
     finished epoch and the cell fails with KeyboardInterrupt); a second one stops here at once."""
-    loop = asyncio.get_running_loop()
+    loop, sent = asyncio.get_running_loop(), []
 
     def interrupt() -> None:
         loop.remove_signal_handler(signal.SIGINT)  # back to Python's own: the next Ctrl-C raises KeyboardInterrupt
-        loop.create_task(client.km.interrupt_kernel())
+        sent.append(loop.create_task(client.km.interrupt_kernel()))  # kept, so that it is not collected unrun
 
     loop.add_signal_handler(signal.SIGINT, interrupt)  # replaces nbclient's, for this notebook's run
 
@@ -116,7 +118,7 @@ def run(paths) -> int:
                 return 130
             print(f"{path.name} failed; the notebook was left as it was.\n{exc}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:  # a second Ctrl-C
+        except (KeyboardInterrupt, DeadKernelError):  # a second Ctrl-C, or one while the kernel started
             print(f"Stopped in {path.name}, which was left as it was. Run the series again to carry on.",
                   file=sys.stderr)
             return 130

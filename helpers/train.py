@@ -18,6 +18,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 
 import pandas as pd
@@ -54,7 +55,6 @@ def check_config(cfg: Config) -> None:
         (cfg.weight_decay >= 0, f"weight_decay must be at least 0 (got {cfg.weight_decay})"),
         (0 < cfg.plateau_factor < 1, f"plateau_factor must be in (0, 1) (got {cfg.plateau_factor})"),
         (cfg.plateau_patience >= 0, f"plateau_patience must be at least 0 (got {cfg.plateau_patience})"),
-        (cfg.precision in CHOICES, f"precision must be one of {', '.join(CHOICES)} (got {cfg.precision!r})"),
         (0 <= cfg.flip_p <= 1, f"flip_p must be in [0, 1] (got {cfg.flip_p})"),
         (cfg.crop_padding >= 0 and cfg.cutout_length >= 0 and cfg.cutout_holes >= 0,
          "crop_padding, cutout_length and cutout_holes must be at least 0"),
@@ -167,7 +167,7 @@ def fit(cfg: Config | None = None, datasets: Datasets | None = None, device: str
     execution = device if isinstance(device, Execution) else resolve(resolve_device(device), cfg.precision)
     datasets = datasets or prepare(cfg)
     path = Path(checkpoint_path or config.checkpoint_path(cfg))
-    plan = decide(cfg, path, datasets.label, fresh=fresh, required=resume)
+    plan = decide(cfg, path, datasets.label, execution.device.type, fresh=fresh, required=resume)
     if plan.message:
         print(plan.message, flush=True)
     if plan.action == "reuse":
@@ -308,8 +308,8 @@ def summarize(history: pd.DataFrame, data_label: str) -> dict:
     """The figures a README reports about a run, with where and how they were measured (every
     execution and hardware its epochs ran on, in order)."""
     last = history.iloc[-1]
-    return {"hardware": " then ".join(dict.fromkeys(history.hardware)),
-            "execution": " then ".join(dict.fromkeys(history.execution)),
+    return {"hardware": " then ".join(key for key, _ in groupby(history.hardware)),
+            "execution": " then ".join(key for key, _ in groupby(history.execution)),
             "data": data_label, "epochs": int(history.index[-1]), "final_val_acc": round(float(last.val_acc), 4),
             "best_val_acc": round(float(history.val_acc.max()), 4),
             "train_seconds": round(float(history.seconds.sum()), 1),

@@ -7,9 +7,10 @@ import pytest
 
 from helpers import config, data, train
 from helpers.data import Datasets
-from tiny import tiny_datasets
+from tiny import TINY, tiny_datasets
 
 SHARED_ARCHIVE = config.REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+TEST_COMMAND_OUTPUT = os.environ.get("CIFAR10_OUTPUT")  # build/test under `make test`; read before any test changes it
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +41,20 @@ def tiny() -> Datasets:
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tiny, tmp_path_factory) -> Path:
+    """A checkpoint written by helpers.train.fit after one epoch on the tiny data."""
+    path = tmp_path_factory.mktemp("tiny-run") / "checkpoint.pt"
+    train.fit(TINY.replace(epochs=1), tiny, device="cpu", checkpoint_path=path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def quick_run(real_source, tmp_path_factory) -> Path:
-    """The quick configuration (2 epochs on 5,000 real images) trained once by the command line, on the CPU,
-    into its own output folder; the checkpoint's path. The slowest thing the tests do, so done once."""
-    out = tmp_path_factory.mktemp("quick-run")
+    """The quick configuration (2 epochs on 5,000 real images) trained once by the command line, on the CPU;
+    the checkpoint's path. The slowest thing the tests do, so done once: under the test command it goes
+    where notebook 03 will look, and nbval's run of the notebook reuses it (train.fit's rule) instead of
+    training the same run again. Elsewhere it goes to a folder of its own."""
+    out = config.output_root() if TEST_COMMAND_OUTPUT else tmp_path_factory.mktemp("quick-run")
     path = out / "runs" / "quick" / "checkpoint.pt"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CIFAR10_OUTPUT", str(out))

@@ -12,7 +12,6 @@ from helpers import checkpoint, evaluate, execution, train
 from helpers.checkpoint import CheckpointError
 from helpers.data import CLASSES
 from helpers.evaluate import Predictions
-from tiny import TINY
 
 CPU = execution.resolve(torch.device("cpu"))
 
@@ -122,14 +121,6 @@ def test_a_confidence_on_a_bin_edge_belongs_to_the_bin_it_closes():
 
 
 # ---------------------------------------------------------------- checkpoints
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tiny, tmp_path_factory):
-    """A checkpoint written by helpers.train.fit after one epoch on the tiny data."""
-    path = tmp_path_factory.mktemp("run") / "checkpoint.pt"
-    train.fit(TINY.replace(epochs=1), tiny, device="cpu", checkpoint_path=path)
-    return path
 
 
 def test_evaluating_a_checkpoint_twice_gives_identical_probabilities(tiny, tiny_checkpoint):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from helpers import device, execution, train
+from helpers.data import Datasets
 from helpers.device import Hardware
 from helpers.execution import SlowPrecisionWarning
 from tiny import TINY
@@ -22,11 +23,9 @@ T4 = Hardware("cuda", "Tesla T4", False, "compute capability 7.5")
 @pytest.fixture
 def restore_cuda_switches():
     """resolve() for a CUDA device sets global backend flags: put them back after the test."""
-    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.conv.fp32_precision,
-             torch.backends.cuda.matmul.fp32_precision)
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     yield
-    (torch.backends.cudnn.benchmark, torch.backends.cudnn.conv.fp32_precision,
-     torch.backends.cuda.matmul.fp32_precision) = saved
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 # ---------------------------------------------------------------- the table, one row per test
@@ -139,7 +138,7 @@ def test_cuda_turns_on_cudnn_autotuning_and_tf32_and_leaves_cpu_matmuls_alone(re
     torch.backends.cudnn.benchmark = False
     execution.resolve(torch.device("cuda"), facts=H200)
     assert torch.backends.cudnn.benchmark is True
-    assert torch.backends.cuda.matmul.fp32_precision == "tf32" and torch.backends.cudnn.conv.fp32_precision == "tf32"
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     assert torch.backends.mkldnn.matmul.fp32_precision == cpu_matmuls
     torch.backends.cudnn.benchmark = False
     execution.resolve(CPU, facts=ZEN4)
@@ -151,10 +150,12 @@ def test_cuda_turns_on_cudnn_autotuning_and_tf32_and_leaves_cpu_matmuls_alone(re
 
 def test_a_run_started_where_auto_meant_bf16_resumes_where_it_means_fp32(tiny, tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
+    one_step = Datasets(tiny.train.subset(torch.arange(32)), tiny.val.subset(torch.arange(16)), tiny.test,
+                        tiny.mean, tiny.std)  # emulated bf16 is slow on most CPUs: one step an epoch
     monkeypatch.setattr(execution, "hardware", lambda d: ZEN4)
-    train.fit(TINY.replace(epochs=1), tiny, device="cpu", checkpoint_path=path)
+    train.fit(TINY.replace(epochs=1), one_step, device="cpu", checkpoint_path=path)
     monkeypatch.undo()
-    history = train.fit(TINY, tiny, device="cpu", checkpoint_path=path)
+    history = train.fit(TINY, one_step, device="cpu", checkpoint_path=path)
     real = execution.resolve(CPU)
     assert history.execution.tolist() == ["bf16, channels_last", real.label]
     assert history.hardware.tolist() == [str(ZEN4), str(real.hardware)]

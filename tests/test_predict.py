@@ -7,16 +7,8 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.models import resnet18 as torchvision_resnet18
 
-from helpers import checkpoint, predict, train
+from helpers import checkpoint, predict
 from helpers.data import CLASSES
-from tiny import TINY
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tiny, tmp_path_factory):
-    path = tmp_path_factory.mktemp("run") / "checkpoint.pt"
-    train.fit(TINY.replace(epochs=1), tiny, device="cpu", checkpoint_path=path)
-    return path
 
 
 @pytest.fixture

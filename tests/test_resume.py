@@ -14,16 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import checkpoint, config, progress, series, train
+from helpers import checkpoint, config, progress, resume, series, train
 from helpers.checkpoint import CheckpointError
-from tiny import TINY
+from tiny import MEASURED, TINY
+from tiny import fit_tiny as fit
 
-MEASURED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 TESTS = Path(__file__).resolve().parent
-
-
-def fit(tiny, cfg=TINY, **kwargs):
-    return train.fit(cfg, tiny, device="cpu", **kwargs).reset_index()[MEASURED]
 
 
 def digest(path: Path) -> str:
@@ -89,7 +85,7 @@ def test_execution_settings_and_length_may_change(tiny, tmp_path, capsys):
     assert "Resuming c.pt from epoch 1 of 2." in capsys.readouterr().out
 
 
-def test_a_fresh_start_trains_again_and_keeps_the_old_checkpoint_aside(tiny, tmp_path, capsys):
+def test_a_fresh_start_trains_again_and_keeps_the_old_checkpoint_aside(tiny, tmp_path, capsys, monkeypatch):
     path = tmp_path / "c.pt"
     straight = fit(tiny, checkpoint_path=tmp_path / "straight.pt")
     fit(tiny, TINY.replace(lr=0.05, epochs=1), checkpoint_path=path)
@@ -100,8 +96,16 @@ def test_a_fresh_start_trains_again_and_keeps_the_old_checkpoint_aside(tiny, tmp
     assert len(kept) == 1 and digest(kept[0]) == old
     assert capsys.readouterr().out == f"Fresh start; the previous checkpoint is kept as {kept[0].name}.\n"
     pd.testing.assert_frame_equal(again, straight, check_exact=True)
-    fit(tiny, checkpoint_path=path, fresh=True)
-    assert len(list(tmp_path.glob("c.before-*.pt"))) == 2  # two fresh starts in one second keep both
+    monkeypatch.setattr(resume, "now", lambda: kept[0].stem.removeprefix("c.before-"))
+    fit(tiny, checkpoint_path=path, fresh=True)  # a second fresh start within the same second
+    assert {p.name for p in tmp_path.glob("c.before-*.pt")} == {kept[0].name, kept[0].stem + "-1.pt"}
+
+
+def test_a_checkpoint_longer_than_asked_is_refused_not_cut(tiny, tmp_path):
+    fit(tiny, checkpoint_path=tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="c.pt holds 2 epochs of this configuration, more than the 1 asked for; "
+                                              "it is left as it is. To keep both"):
+        fit(tiny, TINY.replace(epochs=1), checkpoint_path=tmp_path / "c.pt")
 
 
 def test_resume_keeps_working_and_needs_a_checkpoint(tiny, tmp_path):
@@ -132,12 +136,29 @@ def test_the_command_line_reuses_a_finished_run(quick_run, real_source, capsys, 
 # ---------------------------------------------------------------- real processes, stopped for real
 
 
-def start_tiny_run(path: Path, epochs: int) -> subprocess.Popen:
-    """`python tests/tiny.py` in its own session, with Ctrl-C at its default (a background job may ignore it)."""
-    return subprocess.Popen([sys.executable, str(TESTS / "tiny.py"), str(path), str(epochs)], cwd=TESTS.parent,
-                            env={**os.environ, "CIFAR10_PROGRESS": "off"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+class Process:
+    """A child process in its own session (signals for it reach it alone), its output in files beside `log`."""
+
+    def __init__(self, arguments: list[str], log: Path):
+        self.out, self.err = log.with_suffix(".out"), log.with_suffix(".err")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.popen = subprocess.Popen(arguments, cwd=TESTS.parent, env={**os.environ, "CIFAR10_PROGRESS": "off"},
+                                          stdout=out, stderr=err, start_new_session=True)
+
+    def wait(self, timeout: float = 300) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def stdout(self) -> str:
+        return self.out.read_text()
+
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+
+def start_tiny_run(path: Path, epochs: int) -> Process:
+    """`python tests/tiny.py`, which restores Ctrl-C's default handler itself (a background job may ignore it)."""
+    return Process([sys.executable, str(TESTS / "tiny.py"), str(path), str(epochs)], path.with_name("log"))
 
 
 def wait_for(condition, seconds: float = 120):
@@ -154,7 +175,7 @@ STOPPED_EPOCHS = 3  # the signal comes once epoch 1 is saved, during epoch 2
 def uninterrupted_tiny_run(tmp_path_factory) -> pd.DataFrame:
     path = tmp_path_factory.mktemp("straight") / "c.pt"
     straight = start_tiny_run(path, STOPPED_EPOCHS)
-    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+    assert straight.wait() == 0, straight.stderr()
     return pd.read_csv(path.with_name("history.csv"))[MEASURED]
 
 
@@ -163,18 +184,18 @@ def test_a_process_stopped_mid_run_and_started_again_gives_the_uninterrupted_his
         uninterrupted_tiny_run, tmp_path, stop):
     path = tmp_path / "c.pt"
     run = start_tiny_run(path, STOPPED_EPOCHS)
-    wait_for(lambda: path.exists() or run.poll() is not None)  # written (atomically) after every epoch
-    run.send_signal(stop)
+    wait_for(lambda: path.exists() or run.popen.poll() is not None)  # written (atomically) after every epoch
+    run.popen.send_signal(stop)
     code = run.wait(timeout=120)
     stopped_at = checkpoint.load(path)["epoch"]
     assert 1 <= stopped_at < STOPPED_EPOCHS, "the signal came too late to test anything"
     if stop == signal.SIGKILL:
         assert code == -signal.SIGKILL
     else:
-        assert code == 130 and f"Stopped; c.pt holds epoch {stopped_at}." in run.stderr.read()
+        assert code == 130 and f"Stopped; c.pt holds epoch {stopped_at}." in run.stderr()
     again = start_tiny_run(path, STOPPED_EPOCHS)
-    assert again.wait(timeout=300) == 0
-    assert f"Resuming c.pt from epoch {stopped_at} of {STOPPED_EPOCHS}." in again.stdout.read()
+    assert again.wait() == 0, again.stderr()
+    assert f"Resuming c.pt from epoch {stopped_at} of {STOPPED_EPOCHS}." in again.stdout()
     pd.testing.assert_frame_equal(pd.read_csv(path.with_name("history.csv"))[MEASURED], uninterrupted_tiny_run,
                                   check_exact=True)
 
@@ -206,11 +227,17 @@ def training_notebook(tmp_path: Path, epochs: int) -> tuple[Path, Path, Path]:
     return tmp_path / "training.ipynb", path, marks
 
 
-def run_series(notebook: Path) -> subprocess.Popen:
-    code = f"import sys; from helpers import series; sys.exit(series.run([__import__('pathlib').Path({str(notebook)!r})]))"
-    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "CIFAR10_PROGRESS": "off"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+def run_series(notebook: Path) -> Process:
+    """helpers.series.run on one notebook, in a child process with Ctrl-C at its default handler."""
+    code = ("import pathlib, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"from helpers import series; sys.exit(series.run([pathlib.Path({str(notebook)!r})]))")
+    return Process([sys.executable, "-c", code], notebook.with_name("series-log"))
+
+
+def signal_masks(pid: int) -> str:
+    """The blocked, ignored and caught signal masks of a process (Linux), for a failure message."""
+    status = Path(f"/proc/{pid}/status")
+    return " ".join(line for line in status.read_text().splitlines() if line.startswith("Sig")) if status.exists() else ""
 
 
 def figure_outputs(notebook: Path) -> list:
@@ -225,14 +252,15 @@ def test_ctrl_c_in_the_series_saves_the_last_epoch_and_the_series_carries_on(tin
     straight = fit(tiny, TINY.replace(epochs=epochs), checkpoint_path=tmp_path / "straight.pt")
     notebook, path, marks = training_notebook(tmp_path, epochs)
     series_run = run_series(notebook)
-    wait_for(lambda: marks.exists() and marks.read_text().count("\n") >= 2 or series_run.poll() is not None)
-    series_run.send_signal(signal.SIGINT)
-    assert series_run.wait(timeout=120) == 130
-    assert "Interrupted in training.ipynb" in series_run.stderr.read()
+    wait_for(lambda: marks.exists() and marks.read_text().count("\n") >= 2 or series_run.popen.poll() is not None)
+    signals = signal_masks(series_run.popen.pid)
+    series_run.popen.send_signal(signal.SIGINT)
+    assert series_run.wait(timeout=120) == 130, (signals, series_run.stdout(), series_run.stderr())
+    assert "Interrupted in training.ipynb" in series_run.stderr()
     stopped_at = checkpoint.load(path)["epoch"]
     assert 2 <= stopped_at < epochs and marks.read_text().count("\n") == stopped_at  # every finished epoch was saved
     again = run_series(notebook)
-    assert again.wait(timeout=300) == 0, again.stderr.read()
+    assert again.wait() == 0, again.stderr()
     pd.testing.assert_frame_equal(pd.read_csv(path.with_name("history.csv"))[MEASURED], straight, check_exact=True)
     stored = nbformat.read(notebook, as_version=4).cells[0].outputs
     assert f"Resuming checkpoint.pt from epoch {stopped_at} of {epochs}." in "".join(

@@ -1,4 +1,5 @@
 """Training: the recipe's optimizer and schedule, exact resume, Ctrl-C, divergence, clear errors, learning."""
+import dataclasses
 
 import pandas as pd
 import pytest
@@ -7,15 +8,12 @@ import torch
 from helpers import checkpoint, config, execution, train
 from helpers.checkpoint import CheckpointError
 from helpers.device import DeviceError, resolve_device
+from helpers.resume import capture, restore
 from helpers.train import TrainingError
-from tiny import TINY
+from tiny import MEASURED, TINY
+from tiny import fit_tiny as fit
 
-MEASURED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # all but the timings and hardware
 CPU = execution.resolve(torch.device("cpu"))
-
-
-def fit(tiny, cfg=TINY, **kwargs):
-    return train.fit(cfg, tiny, device="cpu", **kwargs).reset_index()[MEASURED]
 
 
 def test_recipe_defaults_are_the_original_readmes():
@@ -138,6 +136,34 @@ def test_a_checkpoint_of_another_architecture_is_refused(tiny, tmp_path):
 
 
 
+def test_a_checkpoint_of_an_earlier_format_is_refused_naming_the_way_on(tiny_checkpoint, tmp_path):
+    state = checkpoint.load(tiny_checkpoint)
+    del state["format"], state["data"], state["execution"]  # what this project's checkpoints held before
+    checkpoint.save(state, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"old.pt was written by another version of this project \(format 1, "
+                                              r"this one reads 2\): train again with --fresh"):
+        checkpoint.load(tmp_path / "old.pt")
+
+
+def test_the_grad_scalers_state_carries_over_only_between_fp16_runs():
+    """A disabled scaler (bf16, fp32) saves {}; an enabled one (fp16) its scale. Either resumes under either."""
+    fp16 = dataclasses.replace(CPU, precision="fp16")  # on the CPU only to test the scaler; resolve refuses it
+
+    def new(execution):
+        return train.new_run(TINY, execution, (0.5,) * 3, (0.25,) * 3)
+
+    scaled, plain = new(fp16), new(CPU)
+    assert scaled.scaler.is_enabled() and not plain.scaler.is_enabled()
+    scaled.scaler.scale(torch.ones(()))  # the scale exists from the first scaled loss on
+    scaled.scaler.update(new_scale=512.0)
+    restore(plain, capture(scaled))  # fp16 -> fp32: the scale is dropped
+    assert not plain.scaler.is_enabled()
+    from_plain, from_scaled = new(fp16), new(fp16)
+    restore(from_plain, capture(new(CPU)))  # fp32 -> fp16: the default scale
+    restore(from_scaled, capture(scaled))   # fp16 -> fp16: the scale carries over
+    assert from_plain.scaler.get_scale() == 65536.0 and from_scaled.scaler.get_scale() == 512.0
+
+
 def test_foreign_corrupt_and_missing_files_are_clear_errors(tmp_path):
     torch.save({"weight": torch.zeros(1)}, tmp_path / "plain.pt")
     with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
@@ -154,13 +180,15 @@ class Payload:
 
 
 def test_loading_never_unpickles_arbitrary_objects(tmp_path):
-    torch.save({"architecture": checkpoint.ARCHITECTURE, "payload": Payload()}, tmp_path / "evil.pt")
+    torch.save({"architecture": checkpoint.ARCHITECTURE, "format": checkpoint.FORMAT, "payload": Payload()},
+               tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         checkpoint.load(tmp_path / "evil.pt")
 
 
 def test_a_crash_while_writing_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
-    checkpoint.save({"architecture": checkpoint.ARCHITECTURE, "epoch": 1}, tmp_path / "c.pt")
+    checkpoint.save({"architecture": checkpoint.ARCHITECTURE, "format": checkpoint.FORMAT, "epoch": 1},
+                    tmp_path / "c.pt")
 
     def crash(obj, file):
         file.write(b"half")
@@ -168,7 +196,8 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint_intact(tmp_path, m
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError):
-        checkpoint.save({"architecture": checkpoint.ARCHITECTURE, "epoch": 2}, tmp_path / "c.pt")
+        checkpoint.save({"architecture": checkpoint.ARCHITECTURE, "format": checkpoint.FORMAT, "epoch": 2},
+                        tmp_path / "c.pt")
     monkeypatch.undo()
     assert checkpoint.load(tmp_path / "c.pt")["epoch"] == 1
 

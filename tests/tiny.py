@@ -2,6 +2,7 @@
 
     python tests/tiny.py CHECKPOINT EPOCHS     train the tiny configuration, as helpers.train's CLI would
 """
+import signal
 import sys
 from pathlib import Path
 
@@ -11,6 +12,12 @@ from helpers import config, data, train
 from helpers.data import Datasets, Split
 
 TINY = config.QUICK.replace(name="tiny", epochs=2, batch_size=32, plateau_patience=0, checkpoint_every_s=0)
+MEASURED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # a history's columns but timings and hardware
+
+
+def fit_tiny(datasets: Datasets, cfg=TINY, **kwargs):
+    """train.fit on the CPU; the history's MEASURED columns, epochs as a column."""
+    return train.fit(cfg, datasets, device="cpu", **kwargs).reset_index()[MEASURED]
 
 
 def tiny_datasets() -> Datasets:
@@ -24,6 +31,7 @@ def tiny_datasets() -> Datasets:
 
 def main(checkpoint: str, epochs: str) -> int:
     """The tiny configuration trained on CPU as `python -m helpers.train` trains: exit 130 on Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started with SIGINT ignored
     try:
         train.fit(TINY.replace(epochs=int(epochs)), tiny_datasets(), device="cpu", checkpoint_path=Path(checkpoint))
     except KeyboardInterrupt:
