@@ -72,8 +72,8 @@ def decide(cfg: Config, path: Path, data: str, device_type: str, fresh: bool = F
 def differences(cfg: Config, data: str, state: dict) -> dict[str, tuple]:
     """{setting: (value in the checkpoint, value now)} for every setting that must match, and the data."""
     saved = {**state["config"], "data": state.get("data")}
-    now = {**cfg.as_dict(), "data": data}
-    return {key: (saved.get(key), value) for key, value in now.items()
+    current = {**cfg.as_dict(), "data": data}
+    return {key: (saved.get(key), value) for key, value in current.items()
             if key not in CONTINUABLE and saved.get(key) != value}
 
 

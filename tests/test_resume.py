@@ -230,6 +230,7 @@ def training_notebook(tmp_path: Path, epochs: int) -> tuple[Path, Path, Path]:
 def run_series(notebook: Path) -> Process:
     """helpers.series.run on one notebook, in a child process with Ctrl-C at its default handler."""
     code = ("import pathlib, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
             f"from helpers import series; sys.exit(series.run([pathlib.Path({str(notebook)!r})]))")
     return Process([sys.executable, "-c", code], notebook.with_name("series-log"))
 

@@ -32,6 +32,7 @@ def tiny_datasets() -> Datasets:
 def main(checkpoint: str, epochs: str) -> int:
     """The tiny configuration trained on CPU as `python -m helpers.train` trains: exit 130 on Ctrl-C."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started with SIGINT ignored
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # or blocked
     try:
         train.fit(TINY.replace(epochs=int(epochs)), tiny_datasets(), device="cpu", checkpoint_path=Path(checkpoint))
     except KeyboardInterrupt:
