@@ -9,6 +9,7 @@ torchvision's CIFAR10 dataset, from a uint8 array that becomes a PIL image in __
 always runs on the CPU. The pipelines take turns (ROUNDS each, warmed up at every turn) for at
 least --seconds each in all, so that their ratio holds up under background load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,10 @@ from helpers import augment, config, data
 from helpers.device import DeviceError, resolve_device
 from report import Report
 
-BATCH = 128        # the recipe's batch size
+BATCH = 128  # the recipe's batch size
 EPOCH_BATCH = 512  # a larger batch for the batched pipeline's passes over the whole set
-ROUNDS = 4         # the pipelines take turns this often, so that a change in background load hits all alike
-WARMUP = 4         # untimed batches at the start of every turn: the DataLoader's prefetch (2 workers x 2)
+ROUNDS = 4  # the pipelines take turns this often, so that a change in background load hits all alike
+WARMUP = 4  # untimed batches at the start of every turn: the DataLoader's prefetch (2 workers x 2)
 
 
 def real_images(limit: int) -> torch.Tensor:
@@ -73,8 +74,7 @@ def batched_stream(images: torch.Tensor, mean, std, batch: int):
 def per_image_stream(images: torch.Tensor, mean, std, workers: int):
     """Endless shuffled epochs of the per-image pipeline in a DataLoader."""
     dataset = augment.ReferenceDataset(images, torch.zeros(len(images), dtype=torch.int64), mean, std)
-    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True,
-                        num_workers=workers, persistent_workers=workers > 0)
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
     while True:
         yield from (images for images, _ in loader)
 
@@ -101,22 +101,25 @@ def main(argv=None) -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     steps = {
         f"batched ({device.type}), batch {BATCH}": batches_of(batched_stream(on_device, mean, std, BATCH)),
-        f"batched ({device.type}), batch {EPOCH_BATCH}, passes over all {len(images):,}":
-            batches_of(batched_stream(on_device, mean, std, EPOCH_BATCH)),
+        f"batched ({device.type}), batch {EPOCH_BATCH}, passes over all {len(images):,}": batches_of(
+            batched_stream(on_device, mean, std, EPOCH_BATCH)
+        ),
     }
     for workers in (0, 2):
         steps[f"per-image DataLoader, batch {BATCH}, num_workers={workers}"] = batches_of(
-            per_image_stream(images, mean, std, workers))
+            per_image_stream(images, mean, std, workers)
+        )
     results = interleaved_rates(steps, args.seconds, sync)
     out = Report(device)
-    out(f"{len(images):,} training images; the per-image pipeline always runs on the CPU "
-        f"({os.cpu_count()} cores)\n")
+    out(f"{len(images):,} training images; the per-image pipeline always runs on the CPU ({os.cpu_count()} cores)\n")
     out(f"{'pipeline':<56} {'images/s':>10}")
     for name, rate in results.items():
         out(f"{name:<56} {rate:>10,.0f}")
     batched, _, single, workers = results.values()
-    out(f"\nbatched / per-image: {batched / single:.1f}x  (batch {BATCH}, against num_workers=0; "
-        f"{batched / workers:.1f}x against num_workers=2)")
+    out(
+        f"\nbatched / per-image: {batched / single:.1f}x  (batch {BATCH}, against num_workers=0; "
+        f"{batched / workers:.1f}x against num_workers=2)"
+    )
     if args.save:
         out.save("augment_throughput")
 

@@ -5,6 +5,7 @@
 The first load decodes into a fresh temporary folder (with torchvision's source it downloads there too),
 so the project's own cache in data/ is left alone.
 """
+
 import argparse
 import os
 import tempfile

@@ -3,6 +3,7 @@
 A speed without its hardware is not a figure: the header names the CPU model and its bf16
 capability (or the GPU and its compute capability), torch, and the data.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -16,6 +16,7 @@ untimed steps each, the rows take their timed steps in turn (one step of each, t
 --images / 128 steps each, so that other load on the machine slows them alike. On CUDA every row,
 the original's included, runs with the switches helpers.execution sets (cuDNN autotuning, TF32).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,9 @@ from helpers.execution import Execution, resolve
 from helpers.model import resnet18
 from report import Report
 
-BATCH = 128   # images per SGD step, every pipeline
-WARMUP = 2    # untimed steps before each measurement
-WORKERS = 2   # DataLoader processes of the original README's pipeline
+BATCH = 128  # images per SGD step, every pipeline
+WARMUP = 2  # untimed steps before each measurement
+WORKERS = 2  # DataLoader processes of the original README's pipeline
 BASELINE = "original README (fp32, NCHW)"
 
 
@@ -80,8 +81,14 @@ def endless(batches):
 def loader_step(split: Split, mean, std, device):
     """One fp32 NCHW SGD step of a plain training loop on the next batch of a per-image DataLoader."""
     dataset = augment.ReferenceDataset(split.images, split.labels, mean, std)
-    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=WORKERS, persistent_workers=True,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=WORKERS,
+        persistent_workers=True,
+        pin_memory=device.type == "cuda",
+    )
     batches = endless(loader)
     torch.manual_seed(0)
     model = resnet18().to(device)
@@ -131,21 +138,40 @@ def interleaved_seconds(steps: dict, count: int, sync) -> dict[str, float]:
 def report(out: Report, results: dict[str, float], images: int, auto: str, compiled: bool) -> dict:
     """Print the table (auto's row marked *) and return the same figures for JSON."""
     baseline = images / results[BASELINE]
-    out(f"{images:,} training images; batch size {BATCH}; precision auto resolves to {auto} here"
-        f"{'; this project compiled' if compiled else ''}\n")
+    out(
+        f"{images:,} training images; batch size {BATCH}; precision auto resolves to {auto} here"
+        f"{'; this project compiled' if compiled else ''}\n"
+    )
     out(f"{'pipeline':<44} {'images/s':>9} {'seconds':>8} {'speed-up':>9}")
     rows = []
     for name, seconds in results.items():
         rate = images / seconds
-        rows.append({"pipeline": name, "auto": name.endswith(f"({auto})"), "images_per_s": round(rate, 1),
-                     "seconds": round(seconds, 2), "speedup": round(rate / baseline, 2)})
+        rows.append(
+            {
+                "pipeline": name,
+                "auto": name.endswith(f"({auto})"),
+                "images_per_s": round(rate, 1),
+                "seconds": round(seconds, 2),
+                "speedup": round(rate / baseline, 2),
+            }
+        )
         out(f"{name + (' *' if rows[-1]['auto'] else ''):<44} {rate:>9.1f} {seconds:>8.2f} {rate / baseline:>8.2f}x")
     chosen = next(row for row in rows if row["auto"])
     fastest = max(rows, key=lambda row: row["images_per_s"])
-    out(f"\n* auto ({auto}) / original README: {chosen['speedup']:.1f}x; "
-        f"auto / fastest row ({fastest['pipeline']}): {chosen['images_per_s'] / fastest['images_per_s']:.2f}x")
-    return {"hardware": str(out.hardware), "torch": torch.__version__, "data": config.data_label(),
-            "images": images, "batch_size": BATCH, "compile": compiled, "auto": auto, "results": rows}
+    out(
+        f"\n* auto ({auto}) / original README: {chosen['speedup']:.1f}x; "
+        f"auto / fastest row ({fastest['pipeline']}): {chosen['images_per_s'] / fastest['images_per_s']:.2f}x"
+    )
+    return {
+        "hardware": str(out.hardware),
+        "torch": torch.__version__,
+        "data": config.data_label(),
+        "images": images,
+        "batch_size": BATCH,
+        "compile": compiled,
+        "auto": auto,
+        "results": rows,
+    }
 
 
 def main(argv=None) -> None:

@@ -8,6 +8,7 @@ normalising, so a hole is 0 in normalised units: the training set's mean colour,
 `augment` draws every random choice for the whole batch at once and applies them with tensor
 indexing and masks: no Python loop over samples, on whatever device the batch is on.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,12 +27,19 @@ class AugmentParams:
     """The random choices for one batch: crop offsets into the padded image, flips, hole centres."""
 
     offsets: torch.Tensor  # (N, 2) int64, (top, left) in [0, 2 * padding]
-    flips: torch.Tensor    # (N,) bool
+    flips: torch.Tensor  # (N,) bool
     centres: torch.Tensor  # (N, holes, 2) int64, (row, col) in [0, 32)
 
 
-def sample_params(n: int, padding: int = 4, flip_p: float = 0.5, holes: int = 1, size: int = 32,
-                  device=None, generator: torch.Generator | None = None) -> AugmentParams:
+def sample_params(
+    n: int,
+    padding: int = 4,
+    flip_p: float = 0.5,
+    holes: int = 1,
+    size: int = 32,
+    device=None,
+    generator: torch.Generator | None = None,
+) -> AugmentParams:
     """Uniform crop offsets, Bernoulli(flip_p) flips, uniform hole centres (clipped at the border later)."""
     randint = dict(device=device, generator=generator)
     offsets = torch.randint(0, 2 * padding + 1, (n, 2), **randint)
@@ -40,8 +48,9 @@ def sample_params(n: int, padding: int = 4, flip_p: float = 0.5, holes: int = 1,
     return AugmentParams(offsets, flips, centres)
 
 
-def crop(images: torch.Tensor, offsets: torch.Tensor, padding: int = 4,
-         flips: torch.Tensor | None = None) -> torch.Tensor:
+def crop(
+    images: torch.Tensor, offsets: torch.Tensor, padding: int = 4, flips: torch.Tensor | None = None
+) -> torch.Tensor:
     """Zero-pad every image, cut each one's window at its own (top, left), and mirror those flagged
     in `flips`: one gather for the whole batch."""
     n, c, h, w = images.shape
@@ -75,8 +84,9 @@ def cutout_mask(centres: torch.Tensor, length: int, size: int = 32) -> torch.Ten
     return (inside_rows[..., :, None] & inside_cols[..., None, :]).any(1)[:, None]
 
 
-def apply(images: torch.Tensor, params: AugmentParams, mean, std, padding: int = 4,
-          cutout_length: int = 16) -> torch.Tensor:
+def apply(
+    images: torch.Tensor, params: AugmentParams, mean, std, padding: int = 4, cutout_length: int = 16
+) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> augmented, normalised float32, following the module's order."""
     x = crop(images, params.offsets, padding, params.flips)
     x = normalize(x, mean, std)
@@ -86,13 +96,23 @@ def apply(images: torch.Tensor, params: AugmentParams, mean, std, padding: int =
 def augment(images: torch.Tensor, mean, std, cfg=None, generator: torch.Generator | None = None) -> torch.Tensor:
     """The recipe's augmentation of a uint8 batch, drawn and applied on the batch's device."""
     cfg = cfg or RECIPE
-    params = sample_params(len(images), cfg.crop_padding, cfg.flip_p, cfg.cutout_holes, images.shape[-1],
-                           images.device, generator)
+    params = sample_params(
+        len(images), cfg.crop_padding, cfg.flip_p, cfg.cutout_holes, images.shape[-1], images.device, generator
+    )
     return apply(images, params, mean, std, cfg.crop_padding, cfg.cutout_length)
 
 
-def apply_one(image: torch.Tensor, top: int, left: int, flipped: bool, centres, mean, std,
-              padding: int = 4, cutout_length: int = 16) -> torch.Tensor:
+def apply_one(
+    image: torch.Tensor,
+    top: int,
+    left: int,
+    flipped: bool,
+    centres,
+    mean,
+    std,
+    padding: int = 4,
+    cutout_length: int = 16,
+) -> torch.Tensor:
     """The same steps for one uint8 (3, H, W) image with torchvision's functional ops: the per-image
     reference that the batched `apply` is checked against (tests, notebook 01)."""
     size = image.shape[-1]
@@ -100,16 +120,22 @@ def apply_one(image: torch.Tensor, top: int, left: int, flipped: bool, centres, 
     x = TF.normalize((TF.hflip(x) if flipped else x).float() / 255, mean, std)
     half = cutout_length // 2
     for y, c in centres:  # zero a square around each centre, clipped at the border
-        x[:, max(y - half, 0):y + half, max(c - half, 0):c + half] = 0
+        x[:, max(y - half, 0) : y + half, max(c - half, 0) : c + half] = 0
     return x
 
 
-def apply_per_image(images: torch.Tensor, params: AugmentParams, mean, std, padding: int = 4,
-                    cutout_length: int = 16) -> torch.Tensor:
+def apply_per_image(
+    images: torch.Tensor, params: AugmentParams, mean, std, padding: int = 4, cutout_length: int = 16
+) -> torch.Tensor:
     """`apply_one` image by image, with the batch's drawn choices."""
-    return torch.stack([apply_one(image, top, left, flipped, centres, mean, std, padding, cutout_length)
-                        for image, (top, left), flipped, centres in zip(
-                            images, params.offsets.tolist(), params.flips.tolist(), params.centres.tolist())])
+    return torch.stack(
+        [
+            apply_one(image, top, left, flipped, centres, mean, std, padding, cutout_length)
+            for image, (top, left), flipped, centres in zip(
+                images, params.offsets.tolist(), params.flips.tolist(), params.centres.tolist()
+            )
+        ]
+    )
 
 
 class Cutout:
@@ -140,13 +166,15 @@ class Cutout:
 def reference_pipeline(mean, std, cfg=None) -> transforms.Compose:
     """The original README's per-image training transform, for PIL images (tests and benchmarks)."""
     cfg = cfg or RECIPE
-    return transforms.Compose([
-        transforms.RandomCrop(32, padding=cfg.crop_padding),
-        transforms.RandomHorizontalFlip(cfg.flip_p),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-        Cutout(n_holes=cfg.cutout_holes, length=cfg.cutout_length),
-    ])
+    return transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=cfg.crop_padding),
+            transforms.RandomHorizontalFlip(cfg.flip_p),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+            Cutout(n_holes=cfg.cutout_holes, length=cfg.cutout_length),
+        ]
+    )
 
 
 class ReferenceDataset(torch.utils.data.Dataset):

@@ -1,4 +1,5 @@
 """Checkpoints: written atomically, read without running code, checked against the model they load into."""
+
 from __future__ import annotations
 
 import os
@@ -33,21 +34,25 @@ def load(path: Path) -> dict:
     """The checkpoint's contents, loaded with weights_only=True so that it cannot run code."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"No checkpoint at {shown_path(path)}: train first (notebook 03 or "
-                              "`python -m helpers.train`), or pass the path of one.")
+        raise CheckpointError(
+            f"No checkpoint at {shown_path(path)}: train first (notebook 03 or "
+            "`python -m helpers.train`), or pass the path of one."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{shown_path(path)} is not a readable checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0]}).") from exc
+        raise CheckpointError(
+            f"{shown_path(path)} is not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})."
+        ) from exc
     if not isinstance(state, dict) or state.get("architecture") != ARCHITECTURE:
         found = state.get("architecture", "no architecture tag") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{shown_path(path)} is not a checkpoint of this project's {ARCHITECTURE} "
-                              f"({found}).")
+        raise CheckpointError(f"{shown_path(path)} is not a checkpoint of this project's {ARCHITECTURE} ({found}).")
     if state.get("format", 1) != FORMAT:
-        raise CheckpointError(f"{shown_path(path)} was written by another version of this project (format "
-                              f"{state.get('format', 1)}, this one reads {FORMAT}): train again with --fresh or "
-                              "fit(..., fresh=True), which keeps it aside, or use that version.")
+        raise CheckpointError(
+            f"{shown_path(path)} was written by another version of this project (format "
+            f"{state.get('format', 1)}, this one reads {FORMAT}): train again with --fresh or "
+            "fit(..., fresh=True), which keeps it aside, or use that version."
+        )
     return state
 
 
@@ -56,10 +61,14 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str
     expected = model.state_dict()
     missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
     if missing or unexpected:
-        raise CheckpointError(f"{source} holds weights of another architecture: "
-                              f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}.")
+        raise CheckpointError(
+            f"{source} holds weights of another architecture: "
+            f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}."
+        )
     for key, tensor in expected.items():
         if weights[key].shape != tensor.shape:
-            raise CheckpointError(f"{source} holds weights of another architecture: {key} has shape "
-                                  f"{tuple(weights[key].shape)}, this model's is {tuple(tensor.shape)}.")
+            raise CheckpointError(
+                f"{source} holds weights of another architecture: {key} has shape "
+                f"{tuple(weights[key].shape)}, this model's is {tuple(tensor.shape)}."
+            )
     model.load_state_dict(weights)

@@ -9,6 +9,7 @@ configurations, so that `pytest --nbval` (whose kernels inherit the environment)
     CIFAR10_OUTPUT=DIR     where figs/ and runs/ are written (default: the repository)
     CIFAR10_PROGRESS=MODE  progress bars: auto (default), terminal (the launching terminal), off
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,28 +27,28 @@ class Config:
 
     name: str = "recipe"
     # Data
-    val_size: int = 5000            # images held out of the 50,000 training images for the plateau schedule
-    val_from_test: bool = False     # True: the original README's protocol, the test set doubles as validation
+    val_size: int = 5000  # images held out of the 50,000 training images for the plateau schedule
+    val_from_test: bool = False  # True: the original README's protocol, the test set doubles as validation
     train_limit: int | None = None  # use only this many training images (stratified); None: all
-    test_limit: int | None = None   # use only this many test images (stratified); None: all 10,000
+    test_limit: int | None = None  # use only this many test images (stratified); None: all 10,000
     # Augmentation (pixels)
-    crop_padding: int = 4           # RandomCrop(32, padding=4): zero padding on each side
-    flip_p: float = 0.5             # RandomHorizontalFlip probability
-    cutout_holes: int = 1           # Cutout(n_holes=1, ...)
-    cutout_length: int = 16         # side of each square hole
+    crop_padding: int = 4  # RandomCrop(32, padding=4): zero padding on each side
+    flip_p: float = 0.5  # RandomHorizontalFlip probability
+    cutout_holes: int = 1  # Cutout(n_holes=1, ...)
+    cutout_length: int = 16  # side of each square hole
     # Optimisation
     epochs: int = 50
-    batch_size: int = 128           # images per SGD step
-    lr: float = 0.1                 # initial learning rate
+    batch_size: int = 128  # images per SGD step
+    lr: float = 0.1  # initial learning rate
     momentum: float = 0.9
-    weight_decay: float = 5e-4      # L2 penalty, applied by SGD to every parameter
-    plateau_factor: float = 0.5     # ReduceLROnPlateau: lr *= factor ...
-    plateau_patience: int = 10      # ... after this many epochs without a lower validation loss
+    weight_decay: float = 5e-4  # L2 penalty, applied by SGD to every parameter
+    plateau_factor: float = 0.5  # ReduceLROnPlateau: lr *= factor ...
+    plateau_patience: int = 10  # ... after this many epochs without a lower validation loss
     # Execution: how the arithmetic runs, not what is computed (a run may resume under another)
-    precision: str = "auto"         # auto (from the hardware: execution.AUTO), bf16, fp16 (CUDA only) or fp32
-    compile: bool = False           # torch.compile the model
-    seed: int = 0                   # model init, validation split, shuffling and augmentation
-    eval_batch_size: int = 1000     # images per forward pass when evaluating
+    precision: str = "auto"  # auto (from the hardware: execution.AUTO), bf16, fp16 (CUDA only) or fp32
+    compile: bool = False  # torch.compile the model
+    seed: int = 0  # model init, validation split, shuffling and augmentation
+    eval_batch_size: int = 1000  # images per forward pass when evaluating
     checkpoint_every_s: float = 60.0  # write the checkpoint at most this often (and at the end)
 
     def replace(self, **changes) -> "Config":

@@ -3,6 +3,7 @@
 The whole data set is 60,000 x 3 x 32 x 32 bytes (184 MB), small enough to keep on the training
 device and augment there in batches (see augment.py), so there is no DataLoader here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,8 +61,9 @@ class Datasets:
 # ---------------------------------------------------------------- loading the raw splits
 
 
-def load_raw(source: str | Path | None = None, data_dir: Path = config.DATA_DIR,
-             per_class: dict[str, int] = PER_CLASS) -> dict[str, Split]:
+def load_raw(
+    source: str | Path | None = None, data_dir: Path = config.DATA_DIR, per_class: dict[str, int] = PER_CLASS
+) -> dict[str, Split]:
     """CIFAR-10's train and test splits: `source` is image folders or an archive; None downloads."""
     cache = cache_path(source, data_dir)
     if cache.exists():
@@ -87,8 +89,9 @@ def read_cache(path: Path) -> dict[str, Split]:
     try:
         saved = torch.load(path, weights_only=True)
     except Exception as exc:
-        raise DataError(f"The decoded-data cache {config.shown_path(path)} is unreadable ({exc}); "
-                        "delete it to rebuild.") from exc
+        raise DataError(
+            f"The decoded-data cache {config.shown_path(path)} is unreadable ({exc}); delete it to rebuild."
+        ) from exc
     return {name: Split(*saved[name]) for name in ("train", "test")}
 
 
@@ -113,8 +116,12 @@ def read_torchvision(data_dir: Path) -> dict[str, Split]:
             "image-folder tree or a .tar/.tar.gz of one laid out as <root>/train/<class>/*.png and "
             "<root>/test/<class>/*.png."
         ) from exc
-    return {name: Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
-                        torch.tensor(ds.targets, dtype=torch.int64)) for name, ds in sets.items()}
+    return {
+        name: Split(
+            torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets, dtype=torch.int64)
+        )
+        for name, ds in sets.items()
+    }
 
 
 # ---------------------------------------------------------------- image folders and archives
@@ -156,8 +163,9 @@ def group_by_split_and_class(files, source: Path) -> dict[str, dict[str, list[tu
             continue
         split, cls = parts[-3], parts[-2]
         if cls not in CLASSES:
-            raise DataError(f"{source.name}: unknown class folder '{split}/{cls}'; "
-                            f"CIFAR-10's classes are {', '.join(CLASSES)}.")
+            raise DataError(
+                f"{source.name}: unknown class folder '{split}/{cls}'; CIFAR-10's classes are {', '.join(CLASSES)}."
+            )
         grouped[split].setdefault(cls, []).append((name, data))
     return grouped
 
@@ -229,8 +237,9 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(means), tuple(stds)
 
 
-def prepare(cfg: config.Config | None = None, source: str | Path | None = None,
-            data_dir: Path = config.DATA_DIR) -> Datasets:
+def prepare(
+    cfg: config.Config | None = None, source: str | Path | None = None, data_dir: Path = config.DATA_DIR
+) -> Datasets:
     """The train / validation / test splits of a configuration, and the training split's statistics."""
     cfg = cfg or config.active_config()
     source = config.data_source() if source is None else source
@@ -253,5 +262,6 @@ def class_counts(datasets: Datasets) -> pd.DataFrame:
     """Images per class in each split, one row per class."""
     splits = {"train": datasets.train, "validation": datasets.val, "test": datasets.test}
     counts = {name: Counter(split.labels.tolist()) for name, split in splits.items()}
-    return pd.DataFrame({name: [c[i] for i in range(len(CLASSES))] for name, c in counts.items()},
-                        index=pd.Index(CLASSES, name="class"))
+    return pd.DataFrame(
+        {name: [c[i] for i in range(len(CLASSES))] for name, c in counts.items()}, index=pd.Index(CLASSES, name="class")
+    )

@@ -4,6 +4,7 @@
 whether it computes bf16 natively. Every reported speed names them, because the same code runs
 at very different speeds on different machines.
 """
+
 from __future__ import annotations
 
 import platform
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that compute bf16 natively
-CPUINFO = Path("/proc/cpuinfo")               # Linux; elsewhere the fallbacks below apply
+CPUINFO = Path("/proc/cpuinfo")  # Linux; elsewhere the fallbacks below apply
 
 
 class DeviceError(RuntimeError):
@@ -28,8 +29,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise DeviceError(f"Device '{name}' was asked for, but no CUDA GPU is available to torch "
-                          f"{torch.__version__} ({build}). Use --device cpu, or --device auto.")
+        raise DeviceError(
+            f"Device '{name}' was asked for, but no CUDA GPU is available to torch "
+            f"{torch.__version__} ({build}). Use --device cpu, or --device auto."
+        )
     return device
 
 
@@ -37,10 +40,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 class Hardware:
     """The facts about a device that decide how to run on it, and that every speed figure names."""
 
-    device_type: str   # "cpu" or "cuda"
-    name: str          # CPU model or GPU name
+    device_type: str  # "cpu" or "cuda"
+    name: str  # CPU model or GPU name
     native_bf16: bool  # CUDA: compute capability >= 8.0; CPU: AVX512-BF16 or AMX-BF16
-    detail: str        # "compute capability 9.0" or "2 threads, AVX512"
+    detail: str  # "compute capability 9.0" or "2 threads, AVX512"
 
     def __str__(self) -> str:
         return f"{self.name} ({self.detail}, {'native' if self.native_bf16 else 'no native'} bf16)"
@@ -57,10 +60,15 @@ def hardware(device: torch.device) -> Hardware:
     """The facts of the real `device`."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
-        return Hardware("cuda", torch.cuda.get_device_name(device), (major, minor) >= (8, 0),
-                        f"compute capability {major}.{minor}")
-    return Hardware("cpu", cpu_model(), cpu_native_bf16(),
-                    f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
+        return Hardware(
+            "cuda", torch.cuda.get_device_name(device), (major, minor) >= (8, 0), f"compute capability {major}.{minor}"
+        )
+    return Hardware(
+        "cpu",
+        cpu_model(),
+        cpu_native_bf16(),
+        f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}",
+    )
 
 
 def cpu_native_bf16() -> bool:

@@ -1,7 +1,8 @@
 """Test-set evaluation of a checkpoint: accuracy, confusion matrix, per-class metrics, calibration.
 
-    python -m helpers.evaluate --help
+python -m helpers.evaluate --help
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,15 @@ from .model import resnet18
 
 
 @torch.no_grad()
-def logits(model: nn.Module, images: torch.Tensor, mean, std, execution: Execution, batch_size: int = 1000,
-           flip_tta: bool = False) -> torch.Tensor:
+def logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean,
+    std,
+    execution: Execution,
+    batch_size: int = 1000,
+    flip_tta: bool = False,
+) -> torch.Tensor:
     """float32 class scores of uint8 images, on the execution's device; with flip_tta, log of the mean
     softmax of each image and its mirror image (so cross_entropy on the result stays meaningful)."""
     model.eval()
@@ -45,7 +53,7 @@ def logits(model: nn.Module, images: torch.Tensor, mean, std, execution: Executi
 @dataclass
 class Predictions:
     labels: torch.Tensor  # (N,) true classes
-    probs: torch.Tensor   # (N, classes) softmax probabilities
+    probs: torch.Tensor  # (N, classes) softmax probabilities
 
     @property
     def predicted(self) -> torch.Tensor:
@@ -72,8 +80,16 @@ def checkpoint_config(state: dict) -> Config:
         raise checkpoint.CheckpointError(f"The checkpoint's configuration is not this version's ({exc}).") from exc
 
 
-def predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, execution: Execution,
-            batch_size: int = 1000, flip_tta: bool = False) -> Predictions:
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean,
+    std,
+    execution: Execution,
+    batch_size: int = 1000,
+    flip_tta: bool = False,
+) -> Predictions:
     out = logits(model, images, mean, std, execution, batch_size, flip_tta)
     return Predictions(labels.cpu(), out.softmax(1).cpu())
 
@@ -91,8 +107,9 @@ def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, classes=None
     classes = list(classes or CLASSES)
     n = len(classes)
     counts = torch.bincount(labels * n + predicted, minlength=n * n).reshape(n, n)
-    return pd.DataFrame(counts.numpy(), index=pd.Index(classes, name="true"),
-                        columns=pd.Index(classes, name="predicted"))
+    return pd.DataFrame(
+        counts.numpy(), index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted")
+    )
 
 
 def per_class_report(cm: pd.DataFrame) -> pd.DataFrame:
@@ -117,9 +134,14 @@ def misclassified(p: Predictions, classes=None, k: int | None = None) -> pd.Data
     """Misclassified test images, most confident mistakes first."""
     classes = list(classes or CLASSES)
     wrong = (p.predicted != p.labels).nonzero().flatten()
-    frame = pd.DataFrame({"index": wrong.numpy(), "true": [classes[i] for i in p.labels[wrong]],
-                          "predicted": [classes[i] for i in p.predicted[wrong]],
-                          "confidence": p.confidence[wrong].numpy()})
+    frame = pd.DataFrame(
+        {
+            "index": wrong.numpy(),
+            "true": [classes[i] for i in p.labels[wrong]],
+            "predicted": [classes[i] for i in p.predicted[wrong]],
+            "confidence": p.confidence[wrong].numpy(),
+        }
+    )
     frame = frame.sort_values("confidence", ascending=False, kind="stable").reset_index(drop=True)
     return frame.head(k) if k else frame
 
@@ -133,9 +155,15 @@ def reliability_table(p: Predictions, bins: int = 15) -> pd.DataFrame:
     for b in range(bins):
         members = which == b
         count = int(members.sum())
-        rows.append({"low": edges[b].item(), "high": edges[b + 1].item(), "count": count,
-                     "confidence": p.confidence[members].double().mean().item() if count else float("nan"),
-                     "accuracy": correct[members].mean().item() if count else float("nan")})
+        rows.append(
+            {
+                "low": edges[b].item(),
+                "high": edges[b + 1].item(),
+                "count": count,
+                "confidence": p.confidence[members].double().mean().item() if count else float("nan"),
+                "accuracy": correct[members].mean().item() if count else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -151,8 +179,11 @@ def expected_calibration_error(table: pd.DataFrame) -> float:
 def main(argv=None) -> int:
     from . import plots  # matplotlib: only the command line draws here
 
-    parser = argparse.ArgumentParser(prog="python -m helpers.evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     description="Evaluate a checkpoint on the CIFAR-10 test set.")
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.evaluate",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Evaluate a checkpoint on the CIFAR-10 test set.",
+    )
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: runs/<configuration>/checkpoint.pt")
     parser.add_argument("--data", default=config.data_source(), help="as for helpers.train")
     parser.add_argument("--device", default="auto")
@@ -170,11 +201,15 @@ def main(argv=None) -> int:
         return 2
     p = predict(model, test.images, test.labels, state["mean"], state["std"], execution, cfg.eval_batch_size, args.tta)
     cm = confusion_matrix(p.labels, p.predicted)
-    print(f"test accuracy {accuracy(p.labels, p.predicted):.2%} and loss {test_loss(p):.4f} on {len(test)} "
-          f"images ({cfg.name} configuration, epoch {state['epoch']}{', flip TTA' if args.tta else ''}; {execution})")
+    print(
+        f"test accuracy {accuracy(p.labels, p.predicted):.2%} and loss {test_loss(p):.4f} on {len(test)} "
+        f"images ({cfg.name} configuration, epoch {state['epoch']}{', flip TTA' if args.tta else ''}; {execution})"
+    )
     print(per_class_report(cm).round(3).to_string())
-    for name, fig in (("confusion_matrix", plots.confusion_matrix(cm)),
-                      ("confusion_matrix_normalized", plots.confusion_matrix(cm, normalize=True))):
+    for name, fig in (
+        ("confusion_matrix", plots.confusion_matrix(cm)),
+        ("confusion_matrix_normalized", plots.confusion_matrix(cm, normalize=True)),
+    ):
         print("wrote", config.shown_path(plots.save(fig, name, cfg)))
     return 0
 

@@ -5,6 +5,7 @@ fastest correct choice where the hardware computes bf16 natively, and far slower
 it is emulated; GPUs without bf16 convolutions (T4, V100) train in fp16 with a gradient scaler.
 `resolve` makes the choice, once, from the table AUTO; everything that trains or evaluates asks it.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -21,10 +22,10 @@ CHOICES = ("auto", *PRECISIONS)
 # channels_last: faster on every CPU measured (fp32 40.5 vs 34.6 images/s on an AVX2 EPYC, 71.5 vs 65.1
 # on an AVX-512 Xeon without BF16; benchmarks/results/), and the layout GPU tensor cores use for convolutions.
 AUTO = {
-    ("cuda", True): ("bf16", True),   # compute capability >= 8.0 (A100, H100, RTX 30xx/40xx): no loss scaling needed
+    ("cuda", True): ("bf16", True),  # compute capability >= 8.0 (A100, H100, RTX 30xx/40xx): no loss scaling needed
     ("cuda", False): ("fp16", True),  # T4, V100, RTX 20xx: no bf16 convolutions; fp16 with a GradScaler is standard
-    ("cpu", True): ("bf16", True),    # AVX512-BF16 or AMX: bf16 + channels_last 2.4x fp32 NCHW on a Zen 4
-    ("cpu", False): ("fp32", True),   # bf16 emulated: 19x slower than fp32 on an AVX2 EPYC, 3.6x on an AVX-512 Xeon
+    ("cpu", True): ("bf16", True),  # AVX512-BF16 or AMX: bf16 + channels_last 2.4x fp32 NCHW on a Zen 4
+    ("cpu", False): ("fp32", True),  # bf16 emulated: 19x slower than fp32 on an AVX2 EPYC, 3.6x on an AVX-512 Xeon
 }
 
 
@@ -37,7 +38,7 @@ class Execution:
     """Where and how one run computes: device, autocast precision, memory layout, and the hardware facts."""
 
     device: torch.device
-    precision: str       # bf16, fp16 or fp32
+    precision: str  # bf16, fp16 or fp32
     channels_last: bool  # NHWC memory layout for the convolutions
     hardware: Hardware
 
@@ -84,9 +85,13 @@ def resolve(device: torch.device, precision: str = "auto", facts: Hardware | Non
     if chosen == "fp16" and facts.device_type != "cuda":
         raise ValueError("precision fp16 needs a CUDA device; use auto (or fp32) on the CPU.")
     if chosen == "bf16" and not facts.native_bf16:
-        warnings.warn(f"bf16 was asked for, but {facts} computes bf16 only by emulation: expect training several "
-                      f"times slower than fp32 (19x measured on an AVX2 CPU). precision 'auto' (--precision "
-                      f"auto) picks {auto_precision} here.", SlowPrecisionWarning, stacklevel=2)
+        warnings.warn(
+            f"bf16 was asked for, but {facts} computes bf16 only by emulation: expect training several "
+            f"times slower than fp32 (19x measured on an AVX2 CPU). precision 'auto' (--precision "
+            f"auto) picks {auto_precision} here.",
+            SlowPrecisionWarning,
+            stacklevel=2,
+        )
     if device.type == "cuda":
         use_fast_cuda_kernels()
     return Execution(device, chosen, channels_last, facts)

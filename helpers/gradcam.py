@@ -5,6 +5,7 @@ says how much each channel counts for that class; the channels summed with those
 a ReLU, map the evidence. A forward hook on the layer catches its output, a backward hook the
 gradient arriving there. On the last stage of this ResNet18 the map is 4x4, upsampled to the image.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,10 @@ def grad_cam(model: nn.Module, images: torch.Tensor, classes, layer: nn.Module |
     """
     layer = layer if layer is not None else model.layer4
     caught = {}
-    hooks = [layer.register_forward_hook(lambda module, inputs, output: caught.update(maps=output)),
-             layer.register_full_backward_hook(lambda module, grad_in, grad_out: caught.update(grads=grad_out[0]))]
+    hooks = [
+        layer.register_forward_hook(lambda module, inputs, output: caught.update(maps=output)),
+        layer.register_full_backward_hook(lambda module, grad_in, grad_out: caught.update(grads=grad_out[0])),
+    ]
     model.eval()
     try:
         with torch.enable_grad():

@@ -4,6 +4,7 @@ torchvision's blocks are used as they are; only the ImageNet stem changes. Its 7
 and 3x3 stride-2 max-pool shrink a 224x224 image to 56x56 before the first stage, but would shrink
 a 32x32 CIFAR image to 8x8, leaving 1x1 maps in the last stage. One 3x3 stride-1 conv keeps 32x32.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -46,8 +47,10 @@ def stage_table(models: dict[str, nn.Module], image_size: int = 32) -> pd.DataFr
     """Feature-map shape (C x H x W) after each stage, one column per model, for one image."""
     images = torch.zeros(1, 3, image_size, image_size)
     with torch.no_grad():
-        shapes = {name: {stage: "x".join(map(str, out.shape[1:])) for stage, out in stage_outputs(m.eval(), images).items()}
-                  for name, m in models.items()}
+        shapes = {
+            name: {stage: "x".join(map(str, out.shape[1:])) for stage, out in stage_outputs(m.eval(), images).items()}
+            for name, m in models.items()
+        }
     return pd.DataFrame(shapes).rename_axis("after")
 
 
@@ -66,7 +69,8 @@ def layer_table(model: resnet.ResNet, image_size: int = 32) -> pd.DataFrame:
 
     def record(name):
         return lambda module, inputs, out: rows.append(
-            (name, type(module).__name__, "x".join(map(str, out.shape[1:])), count_parameters(module)))
+            (name, type(module).__name__, "x".join(map(str, out.shape[1:])), count_parameters(module))
+        )
 
     hooks = [module.register_forward_hook(record(name)) for name, module in named_layers(model)]
     with torch.no_grad():

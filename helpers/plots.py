@@ -1,4 +1,5 @@
 """Every figure of the series, drawn one way and saved to figs/<configuration>/ as PNG."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,8 +40,9 @@ def image_grid(images: torch.Tensor, titles=None, columns: int = 10, size: float
     """uint8 images (N, 3, H, W) in a grid, each with an optional title."""
     rows = -(-len(images) // columns)
     title_lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size * (1 + 0.2 * title_lines)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(columns * size, rows * size * (1 + 0.2 * title_lines)), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, image) in enumerate(zip(axes.flat, images)):
@@ -99,8 +101,9 @@ def confusion_matrix(cm: pd.DataFrame, normalize: bool = False) -> plt.Figure:
     """A confusion matrix heatmap, in counts or as the share of each true class."""
     data = cm.div(cm.sum(axis=1), axis=0) if normalize else cm
     fig, ax = plt.subplots(figsize=(8, 6.5))
-    sns.heatmap(data, annot=True, fmt=".2f" if normalize else "d", cmap="Blues", cbar=False, ax=ax,
-                annot_kws={"fontsize": 8})
+    sns.heatmap(
+        data, annot=True, fmt=".2f" if normalize else "d", cmap="Blues", cbar=False, ax=ax, annot_kws={"fontsize": 8}
+    )
     ax.set(title="share of each true class" if normalize else "test images", xlabel="predicted", ylabel="true")
     fig.tight_layout()
     return fig
@@ -119,8 +122,15 @@ def reliability_diagram(table: pd.DataFrame, ece: float) -> plt.Figure:
     """Accuracy against confidence per bin; a calibrated model sits on the diagonal."""
     used = table[table["count"] > 0]
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.bar(used.low, used.accuracy, width=used.high - used.low, align="edge", edgecolor="k", alpha=0.7,
-           label="accuracy in bin")
+    ax.bar(
+        used.low,
+        used.accuracy,
+        width=used.high - used.low,
+        align="edge",
+        edgecolor="k",
+        alpha=0.7,
+        label="accuracy in bin",
+    )
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"reliability (ECE {ece:.3f})")
     ax.legend(loc="upper left")

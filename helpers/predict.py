@@ -8,6 +8,7 @@ loads images (transparency is dropped), the shorter side resized to 32 pixels an
 to 32x32 (torchvision's Resize(32) and CenterCrop(32)), then normalised with the training statistics
 stored in the checkpoint. A folder stands for every image file directly in it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ class Classified:
 
     files: list[Path]
     images: torch.Tensor  # (N, 3, 32, 32) uint8, after conversion, resizing and cropping
-    probs: torch.Tensor   # (N, classes), fp32 softmax
+    probs: torch.Tensor  # (N, classes), fp32 softmax
 
     def top(self, k: int = 3) -> pd.DataFrame:
         """One row per image: its k most probable classes with their probabilities."""
@@ -97,8 +98,11 @@ def classify(paths, checkpoint_path: Path | None = None, device: str = "auto") -
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.predict", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.predict",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("images", nargs="+", help="image files, or folders of them")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: runs/<configuration>/checkpoint.pt")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -5,6 +5,7 @@ CIFAR10_PROGRESS=auto uses tqdm.auto (widgets in Jupyter, text elsewhere). `make
 runs the notebooks headless, sets `terminal` so the bars appear in the terminal that launched it
 rather than inside the stored notebooks; the test command sets `off`.
 """
+
 from __future__ import annotations
 
 import sys

@@ -11,6 +11,7 @@ One rule for every caller (train.fit, notebook 03, `make series`, `python -m hel
 state captured at an epoch boundary holds model, optimizer, scheduler, scaler and every random
 state, so that training on from it gives the same history as never stopping.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,22 +31,23 @@ if TYPE_CHECKING:
 
 # Settings a run may change and still continue: names, length and how the arithmetic runs.
 CONTINUABLE = {"name", "epochs", "precision", "compile", "eval_batch_size", "checkpoint_every_s"}
-WAYS_ON = ("To keep both, train under another name or checkpoint path (--checkpoint PATH, "
-           "fit(..., checkpoint_path=PATH)); to start again, use --fresh or fit(..., fresh=True), "
-           "which keeps the old checkpoint aside.")
+WAYS_ON = (
+    "To keep both, train under another name or checkpoint path (--checkpoint PATH, "
+    "fit(..., checkpoint_path=PATH)); to start again, use --fresh or fit(..., fresh=True), "
+    "which keeps the old checkpoint aside."
+)
 
 
 @dataclass
 class Plan:
     """What fit does with a checkpoint path (decide's answer), and the line that tells the user."""
 
-    action: str            # "new", "resume" or "reuse"
-    state: dict | None     # the checkpoint's contents, for resume and reuse
-    message: str | None    # one line, or None when there is nothing to say
+    action: str  # "new", "resume" or "reuse"
+    state: dict | None  # the checkpoint's contents, for resume and reuse
+    message: str | None  # one line, or None when there is nothing to say
 
 
-def decide(cfg: Config, path: Path, data: str, device_type: str, fresh: bool = False,
-           required: bool = False) -> Plan:
+def decide(cfg: Config, path: Path, data: str, device_type: str, fresh: bool = False, required: bool = False) -> Plan:
     """Apply the rule to the checkpoint at `path` for a run of `cfg` on `data` (a data label) on a
     device of `device_type`. `required` (the old --resume) makes a missing checkpoint an error."""
     path = Path(path)
@@ -57,15 +59,23 @@ def decide(cfg: Config, path: Path, data: str, device_type: str, fresh: bool = F
     state = checkpoint.load(path)
     refuse_another_configuration(cfg, data, state, path)
     if state["epoch"] > cfg.epochs:
-        raise CheckpointError(f"{shown_path(path)} holds {state['epoch']} epochs of this configuration, more than "
-                              f"the {cfg.epochs} asked for; it is left as it is. {WAYS_ON}")
+        raise CheckpointError(
+            f"{shown_path(path)} holds {state['epoch']} epochs of this configuration, more than "
+            f"the {cfg.epochs} asked for; it is left as it is. {WAYS_ON}"
+        )
     if state["epoch"] == cfg.epochs:
-        return Plan("reuse", state, f"{shown_path(path)} holds a finished run of this configuration "
-                    f"({state['epoch']} epochs): reusing it, nothing is trained. To train again: --fresh or "
-                    "fit(..., fresh=True), which keeps the old checkpoint aside.")
+        return Plan(
+            "reuse",
+            state,
+            f"{shown_path(path)} holds a finished run of this configuration "
+            f"({state['epoch']} epochs): reusing it, nothing is trained. To train again: --fresh or "
+            "fit(..., fresh=True), which keeps the old checkpoint aside.",
+        )
     if state["device_type"] != device_type:
-        raise CheckpointError(f"{shown_path(path)} was trained on {state['device_type']}; resume it there (its "
-                              f"random states do not carry over to {device_type}), or start again with --fresh.")
+        raise CheckpointError(
+            f"{shown_path(path)} was trained on {state['device_type']}; resume it there (its "
+            f"random states do not carry over to {device_type}), or start again with --fresh."
+        )
     return Plan("resume", state, f"Resuming {shown_path(path)} from epoch {state['epoch']} of {cfg.epochs}.")
 
 
@@ -73,16 +83,20 @@ def differences(cfg: Config, data: str, state: dict) -> dict[str, tuple]:
     """{setting: (value in the checkpoint, value now)} for every setting that must match, and the data."""
     saved = {**state["config"], "data": state.get("data")}
     current = {**cfg.as_dict(), "data": data}
-    return {key: (saved.get(key), value) for key, value in current.items()
-            if key not in CONTINUABLE and saved.get(key) != value}
+    return {
+        key: (saved.get(key), value)
+        for key, value in current.items()
+        if key not in CONTINUABLE and saved.get(key) != value
+    }
 
 
 def refuse_another_configuration(cfg: Config, data: str, state: dict, path: Path) -> None:
     found = differences(cfg, data, state)
     if found:
         listed = ", ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, (old, new) in found.items())
-        raise CheckpointError(f"{shown_path(path)} holds a run of another configuration ({listed}); it is "
-                              f"left as it is. {WAYS_ON}")
+        raise CheckpointError(
+            f"{shown_path(path)} holds a run of another configuration ({listed}); it is left as it is. {WAYS_ON}"
+        )
 
 
 def set_aside(path: Path) -> Path:
@@ -115,23 +129,25 @@ def to_cpu(obj):
 
 def capture(run: Run) -> dict:
     """The run's complete state at an epoch boundary."""
-    return to_cpu({
-        "architecture": checkpoint.ARCHITECTURE,
-        "format": checkpoint.FORMAT,
-        "device_type": run.device.type,  # the generator's state is of this device type
-        "execution": run.execution.as_dict(),  # of the latest epoch; the history has each epoch's
-        "config": run.cfg.as_dict(),
-        "data": run.data,
-        "epoch": run.epoch,
-        "history": run.history,
-        "mean": list(run.mean),
-        "std": list(run.std),
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "generator": run.generator.get_state()},  # all the run draws from
-    })
+    return to_cpu(
+        {
+            "architecture": checkpoint.ARCHITECTURE,
+            "format": checkpoint.FORMAT,
+            "device_type": run.device.type,  # the generator's state is of this device type
+            "execution": run.execution.as_dict(),  # of the latest epoch; the history has each epoch's
+            "config": run.cfg.as_dict(),
+            "data": run.data,
+            "epoch": run.epoch,
+            "history": run.history,
+            "mean": list(run.mean),
+            "std": list(run.std),
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "generator": run.generator.get_state()},  # all the run draws from
+        }
+    )
 
 
 def restore(run: Run, state: dict) -> None:

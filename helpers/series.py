@@ -9,6 +9,7 @@ stored notebooks keep only their real outputs. Stopped and run again, the series
 Ctrl-C interrupts the running notebook's kernel, so that training saves its last finished epoch;
 a second Ctrl-C stops at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ def timed_execution(cfg: config.Config) -> tuple[Execution, float]:
     run = new_run(cfg, execution, (0.5,) * 3, (0.25,) * 3)
 
     def batch(n: int) -> Split:
-        return Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=execution.device),
-                     torch.randint(0, 10, (n,), device=execution.device))
+        return Split(
+            torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=execution.device),
+            torch.randint(0, 10, (n,), device=execution.device),
+        )
 
     float(train_epoch(run, batch(16))[0])  # warm-up: allocations, kernel choice
     start = time.perf_counter()
@@ -69,21 +72,28 @@ def warn_without_gpu(cfg: config.Config) -> None:
     finally:
         os.environ["CIFAR10_PROGRESS"] = mode
     hours = estimated_hours(cfg, seconds_per_image)
-    print(f"The full recipe ({cfg.epochs} epochs) would take about {hours:.0f} hours here, training alone, as "
-          f"{execution} ({1 / seconds_per_image:.0f} images/s).\n"
-          "For the quick configuration (a 5,000-image subset, 2 epochs: minutes), stop with Ctrl-C and run\n"
-          "    make series QUICK=1      (or: python -m helpers.series --quick)\n", flush=True)
+    print(
+        f"The full recipe ({cfg.epochs} epochs) would take about {hours:.0f} hours here, training alone, as "
+        f"{execution} ({1 / seconds_per_image:.0f} images/s).\n"
+        "For the quick configuration (a 5,000-image subset, 2 epochs: minutes), stop with Ctrl-C and run\n"
+        "    make series QUICK=1      (or: python -m helpers.series --quick)\n",
+        flush=True,
+    )
 
 
 def execute(path) -> None:
     """Run one notebook in a fresh kernel started in notebooks/, and store it with its outputs."""
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=None, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
-                            # let the kernel's own stderr (progress bars) reach this terminal, not the notebook
-                            extra_arguments=["--IPKernelApp.capture_fd_output=False"],
-                            record_timing=False,  # no timestamps in the stored notebooks
-                            on_notebook_start=lambda notebook: pass_ctrl_c_to_the_kernel(client))
+    client = NotebookClient(
+        notebook,
+        timeout=None,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
+        # let the kernel's own stderr (progress bars) reach this terminal, not the notebook
+        extra_arguments=["--IPKernelApp.capture_fd_output=False"],
+        record_timing=False,  # no timestamps in the stored notebooks
+        on_notebook_start=lambda notebook: pass_ctrl_c_to_the_kernel(client),
+    )
     client.execute()
     partial = path.with_name(path.name + ".partial")
     nbformat.write(notebook, partial)
@@ -113,14 +123,18 @@ def run(paths) -> int:
             execute(path)
         except CellExecutionError as exc:
             if exc.ename == "KeyboardInterrupt":
-                print(f"Interrupted in {path.name}, which was left as it was. Run the series again to carry on: "
-                      "training continues from its checkpoint.", file=sys.stderr)
+                print(
+                    f"Interrupted in {path.name}, which was left as it was. Run the series again to carry on: "
+                    "training continues from its checkpoint.",
+                    file=sys.stderr,
+                )
                 return 130
             print(f"{path.name} failed; the notebook was left as it was.\n{exc}", file=sys.stderr)
             return 1
         except (KeyboardInterrupt, DeadKernelError):  # a second Ctrl-C, or one while the kernel started
-            print(f"Stopped in {path.name}, which was left as it was. Run the series again to carry on.",
-                  file=sys.stderr)
+            print(
+                f"Stopped in {path.name}, which was left as it was. Run the series again to carry on.", file=sys.stderr
+            )
             return 130
         print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
     return 0

@@ -10,6 +10,7 @@ resuming from a checkpoint gives the same history as never stopping.
 
     python -m helpers.train --help
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,10 @@ def check_config(cfg: Config) -> None:
         (0 < cfg.plateau_factor < 1, f"plateau_factor must be in (0, 1) (got {cfg.plateau_factor})"),
         (cfg.plateau_patience >= 0, f"plateau_patience must be at least 0 (got {cfg.plateau_patience})"),
         (0 <= cfg.flip_p <= 1, f"flip_p must be in [0, 1] (got {cfg.flip_p})"),
-        (cfg.crop_padding >= 0 and cfg.cutout_length >= 0 and cfg.cutout_holes >= 0,
-         "crop_padding, cutout_length and cutout_holes must be at least 0"),
+        (
+            cfg.crop_padding >= 0 and cfg.cutout_length >= 0 and cfg.cutout_holes >= 0,
+            "crop_padding, cutout_length and cutout_holes must be at least 0",
+        ),
     ]
     problems = [message for ok, message in rules if not ok]
     if problems:
@@ -94,13 +97,14 @@ def new_run(cfg: Config, execution: Execution, mean, std, data: str = "CIFAR-10"
     """A freshly initialised model with the recipe's optimizer, scheduler and seeded generators."""
     torch.manual_seed(cfg.seed)
     model = resnet18().to(execution.device, memory_format=execution.memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor,
-                                                           patience=cfg.plateau_patience)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+    )
     generator = torch.Generator(execution.device).manual_seed(cfg.seed)
-    return Run(cfg, execution, model, optimizer, scheduler, execution.grad_scaler(), generator,
-               tuple(mean), tuple(std), data)
+    return Run(
+        cfg, execution, model, optimizer, scheduler, execution.grad_scaler(), generator, tuple(mean), tuple(std), data
+    )
 
 
 # ---------------------------------------------------------------- one epoch
@@ -152,8 +156,14 @@ def history_frame(history: list[dict]) -> pd.DataFrame:
 # ---------------------------------------------------------------- the loop
 
 
-def fit(cfg: Config | None = None, datasets: Datasets | None = None, device: str | Execution = "auto",
-        checkpoint_path: Path | None = None, resume: bool = False, fresh: bool = False) -> pd.DataFrame:
+def fit(
+    cfg: Config | None = None,
+    datasets: Datasets | None = None,
+    device: str | Execution = "auto",
+    checkpoint_path: Path | None = None,
+    resume: bool = False,
+    fresh: bool = False,
+) -> pd.DataFrame:
     """Train a run of `cfg`, or resume it, or reuse it when finished; return its per-epoch history.
 
     `device` is auto, cpu, cuda or cuda:N, or an execution already resolved for cfg.precision.
@@ -191,18 +201,28 @@ def train_epochs(run: Run, datasets: Datasets, path: Path) -> None:
     train = Split(datasets.train.images.to(device), datasets.train.labels.to(device))
     val = Split(datasets.val.images.to(device), datasets.val.labels.to(device))
     snapshot, written, last_write = None, run.epoch, time.monotonic()
-    epochs = progress(range(run.epoch + 1, cfg.epochs + 1), desc=f"training ({cfg.name}, {device.type})",
-                      unit="epoch", initial=run.epoch, total=cfg.epochs)
+    epochs = progress(
+        range(run.epoch + 1, cfg.epochs + 1),
+        desc=f"training ({cfg.name}, {device.type})",
+        unit="epoch",
+        initial=run.epoch,
+        total=cfg.epochs,
+    )
     curves = live_curves()
     try:
         for epoch in epochs:
             record = run_epoch(run, train, val)
             if not all(math.isfinite(record[key]) for key in ("train_loss", "val_loss")):
                 kept = snapshot["epoch"] if snapshot else written
-                raise TrainingError(f"Epoch {epoch}: the loss became {record['train_loss']} (train) / "
-                                    f"{record['val_loss']} (validation); training stopped. " +
-                                    (f"The checkpoint keeps epoch {kept}, the last good one." if kept else
-                                     "No epoch had finished, so nothing was saved; try a smaller learning rate."))
+                raise TrainingError(
+                    f"Epoch {epoch}: the loss became {record['train_loss']} (train) / "
+                    f"{record['val_loss']} (validation); training stopped. "
+                    + (
+                        f"The checkpoint keeps epoch {kept}, the last good one."
+                        if kept
+                        else "No epoch had finished, so nothing was saved; try a smaller learning rate."
+                    )
+                )
             run.history.append(record)
             run.epoch = epoch
             snapshot = capture(run)
@@ -216,8 +236,11 @@ def train_epochs(run: Run, datasets: Datasets, path: Path) -> None:
             write_outputs(snapshot, path)
             written = snapshot["epoch"]
         if written:
-            print(f"Stopped; {config.shown_path(path)} holds epoch {written}. Run the same command or cell "
-                  "again to continue from there.", file=sys.stderr)
+            print(
+                f"Stopped; {config.shown_path(path)} holds epoch {written}. Run the same command or cell "
+                "again to continue from there.",
+                file=sys.stderr,
+            )
         else:
             print("Stopped before the first epoch ended; nothing was saved.", file=sys.stderr)
         raise
@@ -235,9 +258,18 @@ def run_epoch(run: Run, train: Split, val: Split) -> dict:
     seconds = time.perf_counter() - start
     if math.isfinite(val_loss):
         run.scheduler.step(val_loss)
-    return {"epoch": run.epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-            "val_acc": val_acc, "lr": lr, "seconds": seconds, "images_per_s": len(train) / seconds,
-            "execution": run.execution.label, "hardware": str(run.execution.hardware)}
+    return {
+        "epoch": run.epoch + 1,
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "lr": lr,
+        "seconds": seconds,
+        "images_per_s": len(train) / seconds,
+        "execution": run.execution.label,
+        "hardware": str(run.execution.hardware),
+    }
 
 
 # ---------------------------------------------------------------- command line
@@ -247,9 +279,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     quick = "--quick" in (argv if argv is not None else sys.argv[1:]) or config.quick_mode()
     base = config.QUICK if quick else config.RECIPE
     parser = argparse.ArgumentParser(
-        prog="python -m helpers.train", description="Train the CIFAR-10 ResNet18 with the recipe.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the quick configuration (5,000 images, 2 epochs, lr 0.02)")
+        prog="python -m helpers.train",
+        description="Train the CIFAR-10 ResNet18 with the recipe.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="the quick configuration (5,000 images, 2 epochs, lr 0.02)"
+    )
     parser.add_argument("--epochs", type=int, default=base.epochs, help="passes over the training split")
     parser.add_argument("--batch-size", type=int, default=base.batch_size, help="images per SGD step")
     parser.add_argument("--lr", type=float, default=base.lr, help="initial learning rate")
@@ -258,25 +294,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--factor", type=float, default=base.plateau_factor, help="ReduceLROnPlateau factor")
     parser.add_argument("--patience", type=int, default=base.plateau_patience, help="ReduceLROnPlateau patience")
     parser.add_argument("--seed", type=int, default=base.seed, help="init, split, shuffling, augmentation")
-    parser.add_argument("--precision", choices=CHOICES, default=base.precision,
-                        help="autocast precision; auto picks the fastest correct one for the hardware")
-    parser.add_argument("--val-from-test", action="store_true",
-                        help="the original README's protocol: validate on the test set")
-    parser.add_argument("--data", default=config.data_source(),
-                        help="image folders or a .tar/.tar.gz of them; default: torchvision's download into data/")
+    parser.add_argument(
+        "--precision",
+        choices=CHOICES,
+        default=base.precision,
+        help="autocast precision; auto picks the fastest correct one for the hardware",
+    )
+    parser.add_argument(
+        "--val-from-test", action="store_true", help="the original README's protocol: validate on the test set"
+    )
+    parser.add_argument(
+        "--data",
+        default=config.data_source(),
+        help="image folders or a .tar/.tar.gz of them; default: torchvision's download into data/",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--resume", action="store_true",
-                        help="require a checkpoint to continue from (one of this configuration is always continued)")
-    parser.add_argument("--fresh", action="store_true",
-                        help="start again even if a checkpoint exists; the old one is kept aside")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="require a checkpoint to continue from (one of this configuration is always continued)",
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="start again even if a checkpoint exists; the old one is kept aside"
+    )
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: runs/<configuration>/checkpoint.pt")
     args = parser.parse_args(argv)
     args.config = base.replace(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, plateau_factor=args.factor, plateau_patience=args.patience,
-        seed=args.seed, precision=args.precision, compile=args.compile,
-        val_from_test=args.val_from_test or base.val_from_test)
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        plateau_factor=args.factor,
+        plateau_patience=args.patience,
+        seed=args.seed,
+        precision=args.precision,
+        compile=args.compile,
+        val_from_test=args.val_from_test or base.val_from_test,
+    )
     return args
 
 
@@ -299,8 +355,10 @@ def main(argv=None) -> int:
     path = Path(args.checkpoint or config.checkpoint_path(cfg))
     saved = plots.save(plots.learning_curves(history), "learning_curves", cfg)
     print(json.dumps(summarize(history, datasets.label), indent=2))
-    print(f"checkpoint: {config.shown_path(path)} (metrics.json and history.csv beside it); "
-          f"curves: {config.shown_path(saved)}")
+    print(
+        f"checkpoint: {config.shown_path(path)} (metrics.json and history.csv beside it); "
+        f"curves: {config.shown_path(saved)}"
+    )
     return 0
 
 
@@ -308,13 +366,17 @@ def summarize(history: pd.DataFrame, data_label: str) -> dict:
     """The figures a README reports about a run, with where and how they were measured (every
     execution and hardware its epochs ran on, in order)."""
     last = history.iloc[-1]
-    return {"hardware": " then ".join(key for key, _ in groupby(history.hardware)),
-            "execution": " then ".join(key for key, _ in groupby(history.execution)),
-            "data": data_label, "epochs": int(history.index[-1]), "final_val_acc": round(float(last.val_acc), 4),
-            "best_val_acc": round(float(history.val_acc.max()), 4),
-            "train_seconds": round(float(history.seconds.sum()), 1),
-            "median_epoch_seconds": round(float(history.seconds.median()), 2),
-            "median_images_per_s": round(float(history.images_per_s.median()), 1)}
+    return {
+        "hardware": " then ".join(key for key, _ in groupby(history.hardware)),
+        "execution": " then ".join(key for key, _ in groupby(history.execution)),
+        "data": data_label,
+        "epochs": int(history.index[-1]),
+        "final_val_acc": round(float(last.val_acc), 4),
+        "best_val_acc": round(float(history.val_acc.max()), 4),
+        "train_seconds": round(float(history.seconds.sum()), 1),
+        "median_epoch_seconds": round(float(history.seconds.median()), 2),
+        "median_images_per_s": round(float(history.images_per_s.median()), 1),
+    }
 
 
 if __name__ == "__main__":

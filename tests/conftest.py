@@ -1,5 +1,6 @@
 """Shared fixtures: the real CIFAR-10 (JPEG copy) when it is beside the checkout, one quick run trained
 on it and shared by the tests that need a trained network, tiny random data, and isolated outputs."""
+
 import os
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """The batched augmentation against torchvision's per-image transforms and the Cutout paper's definition."""
+
 import pytest
 import torch
 import torchvision.transforms.functional as TF
@@ -28,7 +29,7 @@ def torchvision_augment(image: torch.Tensor, top: int, left: int, flip: bool, ce
     x = TF.hflip(x) if flip else x
     x = TF.normalize(x.float() / 255, MEAN, STD)
     y, c = centre
-    x[:, max(y - 8, 0):min(y + 8, 32), max(c - 8, 0):min(c + 8, 32)] = 0
+    x[:, max(y - 8, 0) : min(y + 8, 32), max(c - 8, 0) : min(c + 8, 32)] = 0
     return x
 
 
@@ -96,8 +97,14 @@ def test_batched_and_per_image_cutout_mask_areas_follow_the_papers_distribution(
 def assert_matches_torchvision(images: torch.Tensor, seed: int) -> None:
     """Batched `apply` and the per-image helper both equal this test's own torchvision pipeline."""
     params = augment.sample_params(len(images), generator=torch.Generator().manual_seed(seed))
-    expected = torch.stack([torchvision_augment(image, *params.offsets[i].tolist(), bool(params.flips[i]),
-                                                params.centres[i, 0].tolist()) for i, image in enumerate(images)])
+    expected = torch.stack(
+        [
+            torchvision_augment(
+                image, *params.offsets[i].tolist(), bool(params.flips[i]), params.centres[i, 0].tolist()
+            )
+            for i, image in enumerate(images)
+        ]
+    )
     torch.testing.assert_close(augment.apply(images, params, MEAN, STD), expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(augment.apply_per_image(images, params, MEAN, STD), expected, rtol=0, atol=1e-6)
 
@@ -149,5 +156,6 @@ def test_augment_on_cuda_matches_the_cpu_with_the_same_choices():
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     params = augment.sample_params(64, generator=torch.Generator().manual_seed(8))
     on_gpu = augment.AugmentParams(params.offsets.cuda(), params.flips.cuda(), params.centres.cuda())
-    torch.testing.assert_close(augment.apply(images.cuda(), on_gpu, MEAN, STD).cpu(),
-                               augment.apply(images, params, MEAN, STD))
+    torch.testing.assert_close(
+        augment.apply(images.cuda(), on_gpu, MEAN, STD).cpu(), augment.apply(images, params, MEAN, STD)
+    )

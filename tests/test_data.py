@@ -1,4 +1,5 @@
 """Loading CIFAR-10: image folders and archives, torchvision's path, bad input, splits, statistics."""
+
 import pickle
 import tarfile
 from pathlib import Path
@@ -120,8 +121,10 @@ def test_torchvision_path_gives_the_same_tensors_as_its_batches(tmp_path, monkey
     rng = np.random.default_rng(1)
     folder = tmp_path / "data" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
-    batches = {name: (rng.integers(0, 256, (4, 3072), dtype=np.uint8), rng.integers(0, 10, 4).tolist())
-               for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    batches = {
+        name: (rng.integers(0, 256, (4, 3072), dtype=np.uint8), rng.integers(0, 10, 4).tolist())
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    }
     for name, (pixels, labels) in batches.items():
         (folder / name).write_bytes(pickle.dumps({"data": pixels, "labels": labels}))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CLASSES)}))

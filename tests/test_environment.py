@@ -1,5 +1,6 @@
 """The repository's promises about itself: one set of pinned packages in pyproject.toml and
 environment.yml, notebooks stored as run top to bottom, and one test command for README, make and CI."""
+
 import json
 import re
 import tomllib
@@ -10,7 +11,7 @@ import yaml
 from helpers.config import REPO_ROOT
 
 CONDA_TO_PIP = {"pytorch": "torch"}  # conda-forge names that differ from the PyPI ones
-NOT_PACKAGES = {"python", "pip"}     # conda entries that set up the environment itself
+NOT_PACKAGES = {"python", "pip"}  # conda entries that set up the environment itself
 REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:(==|=)\s*([^\s;#]+))?")
 # Absolute paths of the machines the notebooks were run on; spelled out piecewise so this file holds none.
 MACHINE_PATHS = tuple(f"/{root}/" for root in ("work", "tmp", "root", "home"))
@@ -47,14 +48,20 @@ def test_pyproject_and_environment_yml_pin_the_same_packages_at_the_same_version
     pyproject, environment = pyproject_pins(), environment_pins()
     problems = [f"{name} is only in pyproject.toml" for name in sorted(pyproject.keys() - environment.keys())]
     problems += [f"{name} is only in environment.yml" for name in sorted(environment.keys() - pyproject.keys())]
-    problems += [f"{name}: {pyproject[name]} in pyproject.toml, {environment[name]} in environment.yml"
-                 for name in sorted(pyproject.keys() & environment.keys()) if pyproject[name] != environment[name]]
+    problems += [
+        f"{name}: {pyproject[name]} in pyproject.toml, {environment[name]} in environment.yml"
+        for name in sorted(pyproject.keys() & environment.keys())
+        if pyproject[name] != environment[name]
+    ]
     assert not problems, "; ".join(problems)
 
 
 def test_the_requirement_reader_tells_names_and_versions_apart():
-    assert pinned(["Foo_Bar==1.2  # comment", "pytorch=2.1", "python=3.11", "pip", "baz"], CONDA_TO_PIP) == \
-        {"foo-bar": "1.2", "torch": "2.1", "baz": None}
+    assert pinned(["Foo_Bar==1.2  # comment", "pytorch=2.1", "python=3.11", "pip", "baz"], CONDA_TO_PIP) == {
+        "foo-bar": "1.2",
+        "torch": "2.1",
+        "baz": None,
+    }
 
 
 # ---------------------------------------------------------------- notebooks
@@ -73,8 +80,9 @@ def stored_text(cell) -> str:
 def test_notebook_was_run_top_to_bottom_in_one_kernel(notebook):
     cells = code_cells(notebook)
     counts = [cell["execution_count"] for cell in cells]
-    assert counts == list(range(1, len(cells) + 1)), \
+    assert counts == list(range(1, len(cells) + 1)), (
         f"execution counts {counts}: run it top to bottom in a fresh kernel and save it (make series)"
+    )
     for cell in cells:
         for output in cell.get("outputs", []):
             if output["output_type"] == "execute_result":
@@ -83,15 +91,23 @@ def test_notebook_was_run_top_to_bottom_in_one_kernel(notebook):
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
 def test_notebook_stores_no_errors(notebook):
-    errors = [(cell["execution_count"], output.get("ename")) for cell in code_cells(notebook)
-              for output in cell.get("outputs", []) if output["output_type"] == "error"]
+    errors = [
+        (cell["execution_count"], output.get("ename"))
+        for cell in code_cells(notebook)
+        for output in cell.get("outputs", [])
+        if output["output_type"] == "error"
+    ]
     assert not errors, f"cells (execution count, error) {errors}"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
 def test_notebook_holds_no_machine_paths(notebook):
-    found = [(cell["execution_count"], path) for cell in code_cells(notebook)
-             for path in MACHINE_PATHS if path in stored_text(cell)]
+    found = [
+        (cell["execution_count"], path)
+        for cell in code_cells(notebook)
+        for path in MACHINE_PATHS
+        if path in stored_text(cell)
+    ]
     assert not found, f"cells (execution count, path) {found}"
 
 
@@ -109,7 +125,7 @@ def make_recipe(makefile: str, target: str) -> list[str]:
     lines = makefile.splitlines()
     start = next(i for i, line in enumerate(lines) if re.match(rf"^{target}:(?!=)(?!.*:=)", line))
     recipe = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("\t"):
             break
         recipe.append(line.strip())

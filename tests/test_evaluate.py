@@ -1,5 +1,6 @@
 """Evaluation: confusion matrix, per-class metrics, mistakes and calibration against hand-computed
 numbers; loading checkpoints (deterministic, clear errors); flip TTA; the command line."""
+
 import re
 
 import numpy as np
@@ -21,11 +22,14 @@ CPU = execution.resolve(torch.device("cpu"))
 
 def test_confusion_matrix_equals_pandas_crosstab_with_absent_classes_as_zeros():
     generator = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 9, (500,), generator=generator)     # class 9 (truck) never the true class
+    labels = torch.randint(0, 9, (500,), generator=generator)  # class 9 (truck) never the true class
     predicted = torch.randint(1, 10, (500,), generator=generator)  # class 0 (airplane) never predicted
     names = [CLASSES[i] for i in range(10)]
-    expected = pd.crosstab(pd.Categorical([names[i] for i in labels], categories=names),
-                           pd.Categorical([names[i] for i in predicted], categories=names), dropna=False)
+    expected = pd.crosstab(
+        pd.Categorical([names[i] for i in labels], categories=names),
+        pd.Categorical([names[i] for i in predicted], categories=names),
+        dropna=False,
+    )
     expected = expected.reindex(index=names, columns=names, fill_value=0)
     cm = evaluate.confusion_matrix(labels, predicted)
     assert list(cm.index) == names and list(cm.columns) == names
@@ -67,8 +71,11 @@ def test_accuracy_is_the_trace_over_the_sum_of_the_confusion_matrix():
 
 
 def test_most_confused_lists_the_largest_off_diagonal_cells_in_order():
-    cm = pd.DataFrame([[5, 4, 1], [2, 6, 0], [7, 3, 9]], index=pd.Index(["a", "b", "c"], name="true"),
-                      columns=pd.Index(["a", "b", "c"], name="predicted"))
+    cm = pd.DataFrame(
+        [[5, 4, 1], [2, 6, 0], [7, 3, 9]],
+        index=pd.Index(["a", "b", "c"], name="true"),
+        columns=pd.Index(["a", "b", "c"], name="predicted"),
+    )
     top = evaluate.most_confused(cm, k=3)
     # off-diagonal cells by count: c->a 7, a->b 4, c->b 3, b->a 2, a->c 1, b->c 0
     assert list(zip(top["true"], top["predicted"], top["count"])) == [("c", "a", 7), ("a", "b", 4), ("c", "b", 3)]
@@ -77,11 +84,15 @@ def test_most_confused_lists_the_largest_off_diagonal_cells_in_order():
 
 
 def test_misclassified_lists_exactly_the_wrong_predictions_most_confident_first():
-    probs = torch.tensor([[0.7, 0.2, 0.1],     # 0: true a, predicted a (right)
-                          [0.6, 0.3, 0.1],     # 1: true b, predicted a with 0.6
-                          [0.1, 0.05, 0.85],   # 2: true c, predicted c (right)
-                          [0.1, 0.8, 0.1],     # 3: true a, predicted b with 0.8
-                          [0.2, 0.3, 0.5]])    # 4: true b, predicted c with 0.5
+    probs = torch.tensor(
+        [
+            [0.7, 0.2, 0.1],  # 0: true a, predicted a (right)
+            [0.6, 0.3, 0.1],  # 1: true b, predicted a with 0.6
+            [0.1, 0.05, 0.85],  # 2: true c, predicted c (right)
+            [0.1, 0.8, 0.1],  # 3: true a, predicted b with 0.8
+            [0.2, 0.3, 0.5],
+        ]
+    )  # 4: true b, predicted c with 0.5
     p = Predictions(torch.tensor([0, 1, 2, 0, 1]), probs)
     wrong = evaluate.misclassified(p, classes=("a", "b", "c"))
     assert wrong["index"].tolist() == [3, 1, 4]
@@ -100,8 +111,7 @@ def predictions_with_confidence(confidences, right) -> Predictions:
 
 
 def test_reliability_table_and_ece_match_a_hand_computed_example():
-    p = predictions_with_confidence([0.3, 0.35, 0.5, 0.9, 0.9, 0.9, 0.95],
-                                    [True, False, True, True, True, True, False])
+    p = predictions_with_confidence([0.3, 0.35, 0.5, 0.9, 0.9, 0.9, 0.95], [True, False, True, True, True, True, False])
     table = evaluate.reliability_table(p, bins=5)
     used = table[table["count"] > 0]
     # bins of width 0.2: (0.2, 0.4] holds 0.3 and 0.35; (0.4, 0.6] holds 0.5; (0.8, 1] holds 0.9 x3 and 0.95
@@ -177,8 +187,11 @@ def test_the_command_line_reports_a_missing_checkpoint_and_exits_2(tmp_path, cap
 def test_evaluate_cli_reports_the_checkpoint_the_train_cli_wrote(quick_run, real_source, capsys):
     assert evaluate.main(["--checkpoint", str(quick_run), "--data", str(real_source), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    line = re.search(r"test accuracy (\d+\.\d\d)% and loss (\d+\.\d{4}) on 2000 images \(quick configuration, "
-                     r"epoch 2; (.+)\)", out)
+    line = re.search(
+        r"test accuracy (\d+\.\d\d)% and loss (\d+\.\d{4}) on 2000 images \(quick configuration, "
+        r"epoch 2; (.+)\)",
+        out,
+    )
     assert line, out
     assert line.group(3) == str(CPU)  # the execution and hardware it was measured with
     rows = re.findall(r"^(\w+)\s+(\d\.\d+)\s+(\d\.\d+)\s+(\d\.\d+)\s+(\d+)$", out, flags=re.MULTILINE)

@@ -1,5 +1,6 @@
 """Execution: the table from hardware facts to precision and layout, row by row with injected facts;
 the facts read off real hardware; explicit precisions; the CUDA switches; resuming under another."""
+
 import re
 import warnings
 from pathlib import Path
@@ -56,8 +57,12 @@ def test_any_other_cpu_trains_in_fp32_channels_last():
 
 
 def test_the_table_has_exactly_these_four_rows():
-    assert execution.AUTO == {("cuda", True): ("bf16", True), ("cuda", False): ("fp16", True),
-                              ("cpu", True): ("bf16", True), ("cpu", False): ("fp32", True)}
+    assert execution.AUTO == {
+        ("cuda", True): ("bf16", True),
+        ("cuda", False): ("fp16", True),
+        ("cpu", True): ("bf16", True),
+        ("cpu", False): ("fp32", True),
+    }
 
 
 # ---------------------------------------------------------------- facts read off the hardware
@@ -71,17 +76,25 @@ def test_cuda_has_native_bf16_from_compute_capability_8_0(monkeypatch, capabilit
     assert facts.native_bf16 is native and facts.detail == f"compute capability {capability[0]}.{capability[1]}"
 
 
-@pytest.mark.parametrize("capabilities, native", [
-    ({"avx512_bf16": True, "amx_bf16": False}, True), ({"avx512_bf16": False, "amx_bf16": True}, True),
-    ({"avx512_bf16": False, "amx_bf16": False, "avx2": True}, False), ({"avx2": True}, False)])
+@pytest.mark.parametrize(
+    "capabilities, native",
+    [
+        ({"avx512_bf16": True, "amx_bf16": False}, True),
+        ({"avx512_bf16": False, "amx_bf16": True}, True),
+        ({"avx512_bf16": False, "amx_bf16": False, "avx2": True}, False),
+        ({"avx2": True}, False),
+    ],
+)
 def test_cpu_bf16_comes_from_torchs_capability_query(monkeypatch, capabilities, native):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities, raising=False)
     monkeypatch.setattr(device, "read_cpuinfo", lambda: "flags : fpu avx512_bf16 amx_bf16\n")  # must not be asked
     assert device.cpu_native_bf16() is native
 
 
-@pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True),
-                                           ("fpu amx_tile amx_bf16", True), ("", False)])
+@pytest.mark.parametrize(
+    "flags, native",
+    [("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("fpu amx_tile amx_bf16", True), ("", False)],
+)
 def test_without_torchs_query_cpu_bf16_comes_from_the_cpu_flags(monkeypatch, flags, native):
     monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
     monkeypatch.setattr(device, "read_cpuinfo", lambda: f"processor : 0\nmodel name : X\nflags : {flags}\n")
@@ -102,8 +115,10 @@ def test_on_this_machine_auto_follows_its_cpu_flags():
 
 
 def test_the_hardware_slug_names_files_after_the_machine():
-    assert Hardware("cpu", "Intel(R) Xeon(R) Processor", False, "2 threads, AVX512").slug == \
-        "intel-xeon-processor-2-threads-avx512-no-bf16"
+    assert (
+        Hardware("cpu", "Intel(R) Xeon(R) Processor", False, "2 threads, AVX512").slug
+        == "intel-xeon-processor-2-threads-avx512-no-bf16"
+    )
     assert H200.slug == "nvidia-h200-9-0-bf16"
 
 
@@ -150,8 +165,9 @@ def test_cuda_turns_on_cudnn_autotuning_and_tf32_and_leaves_cpu_matmuls_alone(re
 
 def test_a_run_started_where_auto_meant_bf16_resumes_where_it_means_fp32(tiny, tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
-    one_step = Datasets(tiny.train.subset(torch.arange(32)), tiny.val.subset(torch.arange(16)), tiny.test,
-                        tiny.mean, tiny.std)  # emulated bf16 is slow on most CPUs: one step an epoch
+    one_step = Datasets(
+        tiny.train.subset(torch.arange(32)), tiny.val.subset(torch.arange(16)), tiny.test, tiny.mean, tiny.std
+    )  # emulated bf16 is slow on most CPUs: one step an epoch
     monkeypatch.setattr(execution, "hardware", lambda d: ZEN4)
     train.fit(TINY.replace(epochs=1), one_step, device="cpu", checkpoint_path=path)
     monkeypatch.undo()

@@ -1,5 +1,6 @@
 """Grad-CAM: concentrated where a constructed model's decision is made, equal to the formula computed
 by hand without hooks, at image resolution, and independent of the batch an image is in."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ class TwoRegions(nn.Module):
 def region_mask(cls: int, margin: int) -> torch.Tensor:
     rows, cols = TwoRegions.REGIONS[cls]
     mask = torch.zeros(32, 32, dtype=torch.bool)
-    mask[max(rows.start - margin, 0):rows.stop + margin, max(cols.start - margin, 0):cols.stop + margin] = True
+    mask[max(rows.start - margin, 0) : rows.stop + margin, max(cols.start - margin, 0) : cols.stop + margin] = True
     return mask
 
 
@@ -84,7 +85,7 @@ def test_a_map_does_not_depend_on_the_batch_it_is_computed_in(resnet):
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     classes = torch.tensor([1, 1, 4, 2, 8, 5])
     batch = gradcam.grad_cam(resnet, x, classes)
-    alone = torch.cat([gradcam.grad_cam(resnet, x[i:i + 1], classes[i:i + 1]) for i in range(6)])
+    alone = torch.cat([gradcam.grad_cam(resnet, x[i : i + 1], classes[i : i + 1]) for i in range(6)])
     reordered = gradcam.grad_cam(resnet, x.flip(0), classes.flip(0)).flip(0)
     torch.testing.assert_close(alone, batch, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(reordered, batch, rtol=1e-4, atol=1e-5)

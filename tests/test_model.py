@@ -1,4 +1,5 @@
 """The CIFAR ResNet18 against hand counts and against torchvision's unmodified ResNet18."""
+
 import pytest
 import torch
 from torchvision.models import resnet18 as torchvision_resnet18
@@ -6,8 +7,16 @@ from torchvision.models import resnet18 as torchvision_resnet18
 from helpers import model
 
 # (in channels, out channels, stride) of the eight BasicBlocks
-BLOCKS = [(64, 64, 1), (64, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2),
-          (512, 512, 1)]
+BLOCKS = [
+    (64, 64, 1),
+    (64, 64, 1),
+    (64, 128, 2),
+    (128, 128, 1),
+    (128, 256, 2),
+    (256, 256, 1),
+    (256, 512, 2),
+    (512, 512, 1),
+]
 
 
 def conv(cin, cout, k):

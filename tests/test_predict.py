@@ -1,5 +1,6 @@
 """Classifying image files: the top class equals an independent fp32 forward pass, preprocessing equals
 torchvision's, any mode and size is accepted, folders are expanded, and bad input is a one-line error."""
+
 import numpy as np
 import pytest
 import torch
@@ -52,10 +53,12 @@ def test_any_size_and_mode_becomes_what_torchvision_makes_of_it(tmp_path):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (90, 150, 4), dtype=np.uint8)
     reference = transforms.Compose([transforms.Resize(32), transforms.CenterCrop(32), transforms.PILToTensor()])
-    files = {"wide_rgba.png": Image.fromarray(pixels, "RGBA"),
-             "gray.jpg": Image.fromarray(pixels[..., 0], "L"),
-             "palette.png": Image.fromarray(pixels[..., :3], "RGB").convert("P", palette=Image.Palette.ADAPTIVE),
-             "tall.jpg": Image.fromarray(pixels[..., :3].transpose(1, 0, 2).copy(), "RGB")}
+    files = {
+        "wide_rgba.png": Image.fromarray(pixels, "RGBA"),
+        "gray.jpg": Image.fromarray(pixels[..., 0], "L"),
+        "palette.png": Image.fromarray(pixels[..., :3], "RGB").convert("P", palette=Image.Palette.ADAPTIVE),
+        "tall.jpg": Image.fromarray(pixels[..., :3].transpose(1, 0, 2).copy(), "RGB"),
+    }
     for name, image in files.items():
         image.save(tmp_path / name)
         seen = predict.network_input(tmp_path / name)
@@ -88,8 +91,9 @@ def test_bad_input_is_a_one_line_error_and_exit_2(tiny_checkpoint, pngs, tmp_pat
     good = pngs[0][0]
     assert "missing.png does not exist" in run_cli(capsys, "--checkpoint", tiny_checkpoint, tmp_path / "missing.png")
     (tmp_path / "text.png").write_text("hello")
-    assert "text.png is not an image that can be read" in run_cli(capsys, "--checkpoint", tiny_checkpoint,
-                                                                   tmp_path / "text.png")
+    assert "text.png is not an image that can be read" in run_cli(
+        capsys, "--checkpoint", tiny_checkpoint, tmp_path / "text.png"
+    )
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
     assert "empty holds no image files" in run_cli(capsys, "--checkpoint", tiny_checkpoint, tmp_path / "empty")

@@ -1,6 +1,7 @@
 """Re-running never loses a run: a finished run is reused, a partial one resumed exactly, another
 configuration refused and never overwritten, a fresh start keeps the old checkpoint aside. Real
 processes are killed (SIGKILL) and interrupted (SIGINT) mid-run and started again the same way."""
+
 import hashlib
 import os
 import signal
@@ -65,8 +66,10 @@ def test_a_run_of_another_configuration_is_refused_and_left_as_it_was(tiny, tmp_
     with pytest.raises(CheckpointError) as refused:
         fit(tiny, TINY.replace(lr=0.05, seed=3), checkpoint_path=path)
     message = str(refused.value)
-    assert "c.pt holds a run of another configuration (lr: 0.02 in the checkpoint, 0.05 now, seed: 0 in the " \
-           "checkpoint, 3 now); it is left as it is." in message
+    assert (
+        "c.pt holds a run of another configuration (lr: 0.02 in the checkpoint, 0.05 now, seed: 0 in the "
+        "checkpoint, 3 now); it is left as it is." in message
+    )
     assert "--checkpoint PATH" in message and "--fresh" in message and "fresh=True" in message
     assert digest(path) == before and not list(tmp_path.glob("*before*"))
 
@@ -80,8 +83,11 @@ def test_a_run_on_other_data_is_refused(tiny, tmp_path):
 
 def test_execution_settings_and_length_may_change(tiny, tmp_path, capsys):
     fit(tiny, TINY.replace(epochs=1), checkpoint_path=tmp_path / "c.pt")
-    fit(tiny, TINY.replace(epochs=2, precision="fp32", eval_batch_size=7, checkpoint_every_s=5),
-        checkpoint_path=tmp_path / "c.pt")
+    fit(
+        tiny,
+        TINY.replace(epochs=2, precision="fp32", eval_batch_size=7, checkpoint_every_s=5),
+        checkpoint_path=tmp_path / "c.pt",
+    )
     assert "Resuming c.pt from epoch 1 of 2." in capsys.readouterr().out
 
 
@@ -103,8 +109,10 @@ def test_a_fresh_start_trains_again_and_keeps_the_old_checkpoint_aside(tiny, tmp
 
 def test_a_checkpoint_longer_than_asked_is_refused_not_cut(tiny, tmp_path):
     fit(tiny, checkpoint_path=tmp_path / "c.pt")
-    with pytest.raises(CheckpointError, match="c.pt holds 2 epochs of this configuration, more than the 1 asked for; "
-                                              "it is left as it is. To keep both"):
+    with pytest.raises(
+        CheckpointError,
+        match="c.pt holds 2 epochs of this configuration, more than the 1 asked for; it is left as it is. To keep both",
+    ):
         fit(tiny, TINY.replace(epochs=1), checkpoint_path=tmp_path / "c.pt")
 
 
@@ -143,8 +151,14 @@ class Process:
         self.out, self.err = log.with_suffix(".out"), log.with_suffix(".err")
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.popen = subprocess.Popen(arguments, cwd=TESTS.parent, env={**os.environ, "CIFAR10_PROGRESS": "off"},
-                                          stdout=out, stderr=err, start_new_session=True)
+            self.popen = subprocess.Popen(
+                arguments,
+                cwd=TESTS.parent,
+                env={**os.environ, "CIFAR10_PROGRESS": "off"},
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
 
     def wait(self, timeout: float = 300) -> int:
         return self.popen.wait(timeout=timeout)
@@ -181,7 +195,8 @@ def uninterrupted_tiny_run(tmp_path_factory) -> pd.DataFrame:
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_a_process_stopped_mid_run_and_started_again_gives_the_uninterrupted_history(
-        uninterrupted_tiny_run, tmp_path, stop):
+    uninterrupted_tiny_run, tmp_path, stop
+):
     path = tmp_path / "c.pt"
     run = start_tiny_run(path, STOPPED_EPOCHS)
     wait_for(lambda: path.exists() or run.popen.poll() is not None)  # written (atomically) after every epoch
@@ -196,8 +211,9 @@ def test_a_process_stopped_mid_run_and_started_again_gives_the_uninterrupted_his
     again = start_tiny_run(path, STOPPED_EPOCHS)
     assert again.wait() == 0, again.stderr()
     assert f"Resuming c.pt from epoch {stopped_at} of {STOPPED_EPOCHS}." in again.stdout()
-    pd.testing.assert_frame_equal(pd.read_csv(path.with_name("history.csv"))[MEASURED], uninterrupted_tiny_run,
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(path.with_name("history.csv"))[MEASURED], uninterrupted_tiny_run, check_exact=True
+    )
 
 
 TRAINING_NOTEBOOK = """\
@@ -221,24 +237,33 @@ history = train.fit(TINY.replace(epochs={epochs}, checkpoint_every_s=1e9), tiny_
 
 def training_notebook(tmp_path: Path, epochs: int) -> tuple[Path, Path, Path]:
     path, marks = tmp_path / "run" / "checkpoint.pt", tmp_path / "marks.txt"
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(TRAINING_NOTEBOOK.format(
-        tests=str(TESTS), marks=str(marks), epochs=epochs, path=str(path)))])
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                TRAINING_NOTEBOOK.format(tests=str(TESTS), marks=str(marks), epochs=epochs, path=str(path))
+            )
+        ]
+    )
     nbformat.write(notebook, tmp_path / "training.ipynb")
     return tmp_path / "training.ipynb", path, marks
 
 
 def run_series(notebook: Path) -> Process:
     """helpers.series.run on one notebook, in a child process with Ctrl-C at its default handler."""
-    code = ("import pathlib, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-            "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
-            f"from helpers import series; sys.exit(series.run([pathlib.Path({str(notebook)!r})]))")
+    code = (
+        "import pathlib, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+        f"from helpers import series; sys.exit(series.run([pathlib.Path({str(notebook)!r})]))"
+    )
     return Process([sys.executable, "-c", code], notebook.with_name("series-log"))
 
 
 def signal_masks(pid: int) -> str:
     """The blocked, ignored and caught signal masks of a process (Linux), for a failure message."""
     status = Path(f"/proc/{pid}/status")
-    return " ".join(line for line in status.read_text().splitlines() if line.startswith("Sig")) if status.exists() else ""
+    return (
+        " ".join(line for line in status.read_text().splitlines() if line.startswith("Sig")) if status.exists() else ""
+    )
 
 
 def figure_outputs(notebook: Path) -> list:
@@ -265,7 +290,8 @@ def test_ctrl_c_in_the_series_saves_the_last_epoch_and_the_series_carries_on(tin
     pd.testing.assert_frame_equal(pd.read_csv(path.with_name("history.csv"))[MEASURED], straight, check_exact=True)
     stored = nbformat.read(notebook, as_version=4).cells[0].outputs
     assert f"Resuming checkpoint.pt from epoch {stopped_at} of {epochs}." in "".join(
-        output.get("text", "") for output in stored)
+        output.get("text", "") for output in stored
+    )
     assert len(figure_outputs(notebook)) == 1  # the live curves: one figure, updated in place
 
 
@@ -328,7 +354,11 @@ def test_notebook_03_run_again_trains_nothing(quick_run, real_source, tmp_path, 
     monkeypatch.setenv("CIFAR10_QUICK", "1")
     monkeypatch.setenv("CIFAR10_DATA", str(real_source))
     series.execute(copy)
-    said = "".join(output.get("text", "") for cell in nbformat.read(copy, as_version=4).cells
-                   if cell.cell_type == "code" for output in cell.outputs)
+    said = "".join(
+        output.get("text", "")
+        for cell in nbformat.read(copy, as_version=4).cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
     assert "runs/quick/checkpoint.pt holds a finished run of this configuration (2 epochs): reusing it" in said
     assert digest(target) == before

@@ -1,4 +1,5 @@
 """`make series`: which notebooks it runs, what it says on a machine without a GPU, and Ctrl-C."""
+
 import pytest
 import torch
 

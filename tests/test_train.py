@@ -1,4 +1,5 @@
 """Training: the recipe's optimizer and schedule, exact resume, Ctrl-C, divergence, clear errors, learning."""
+
 import dataclasses
 
 import pandas as pd
@@ -32,7 +33,8 @@ def test_learning_rates_follow_torchs_plateau_scheduler_on_the_validation_losses
     monkeypatch.setattr(train, "validate", lambda run, val: (torch.tensor(next(scripted)), torch.tensor(0.5)))
     history = fit(tiny, TINY.replace(epochs=8, plateau_patience=1))
     replay = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=TINY.lr), factor=0.5, patience=1)
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=TINY.lr), factor=0.5, patience=1
+    )
     expected = []
     for loss in history.val_loss:
         expected.append(replay.optimizer.param_groups[0]["lr"])
@@ -103,8 +105,12 @@ def test_history_csv_is_written_beside_the_checkpoint(tiny, tmp_path):
 def test_nonsense_hyperparameters_are_refused_all_at_once():
     with pytest.raises(ValueError) as error:
         train.check_config(config.RECIPE.replace(lr=-0.1, momentum=1.5, batch_size=0, plateau_factor=2))
-    for name in ("lr must be a positive", "momentum must be in", "batch_size must be at least",
-                 "plateau_factor must be in"):
+    for name in (
+        "lr must be a positive",
+        "momentum must be in",
+        "batch_size must be at least",
+        "plateau_factor must be in",
+    ):
         assert name in str(error.value)
 
 
@@ -134,14 +140,15 @@ def test_a_checkpoint_of_another_architecture_is_refused(tiny, tmp_path):
         fit(tiny, checkpoint_path=tmp_path / "other.pt")
 
 
-
-
 def test_a_checkpoint_of_an_earlier_format_is_refused_naming_the_way_on(tiny_checkpoint, tmp_path):
     state = checkpoint.load(tiny_checkpoint)
     del state["format"], state["data"], state["execution"]  # what this project's checkpoints held before
     checkpoint.save(state, tmp_path / "old.pt")
-    with pytest.raises(CheckpointError, match=r"old.pt was written by another version of this project \(format 1, "
-                                              r"this one reads 2\): train again with --fresh"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"old.pt was written by another version of this project \(format 1, "
+        r"this one reads 2\): train again with --fresh",
+    ):
         checkpoint.load(tmp_path / "old.pt")
 
 
@@ -160,7 +167,7 @@ def test_the_grad_scalers_state_carries_over_only_between_fp16_runs():
     assert not plain.scaler.is_enabled()
     from_plain, from_scaled = new(fp16), new(fp16)
     restore(from_plain, capture(new(CPU)))  # fp32 -> fp16: the default scale
-    restore(from_scaled, capture(scaled))   # fp16 -> fp16: the scale carries over
+    restore(from_scaled, capture(scaled))  # fp16 -> fp16: the scale carries over
     assert from_plain.scaler.get_scale() == 65536.0 and from_scaled.scaler.get_scale() == 512.0
 
 
@@ -180,15 +187,18 @@ class Payload:
 
 
 def test_loading_never_unpickles_arbitrary_objects(tmp_path):
-    torch.save({"architecture": checkpoint.ARCHITECTURE, "format": checkpoint.FORMAT, "payload": Payload()},
-               tmp_path / "evil.pt")
+    torch.save(
+        {"architecture": checkpoint.ARCHITECTURE, "format": checkpoint.FORMAT, "payload": Payload()},
+        tmp_path / "evil.pt",
+    )
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         checkpoint.load(tmp_path / "evil.pt")
 
 
 def test_a_crash_while_writing_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
-    checkpoint.save({"architecture": checkpoint.ARCHITECTURE, "format": checkpoint.FORMAT, "epoch": 1},
-                    tmp_path / "c.pt")
+    checkpoint.save(
+        {"architecture": checkpoint.ARCHITECTURE, "format": checkpoint.FORMAT, "epoch": 1}, tmp_path / "c.pt"
+    )
 
     def crash(obj, file):
         file.write(b"half")
@@ -196,8 +206,9 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint_intact(tmp_path, m
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError):
-        checkpoint.save({"architecture": checkpoint.ARCHITECTURE, "format": checkpoint.FORMAT, "epoch": 2},
-                        tmp_path / "c.pt")
+        checkpoint.save(
+            {"architecture": checkpoint.ARCHITECTURE, "format": checkpoint.FORMAT, "epoch": 2}, tmp_path / "c.pt"
+        )
     monkeypatch.undo()
     assert checkpoint.load(tmp_path / "c.pt")["epoch"] == 1
 
@@ -207,9 +218,15 @@ def test_help_shows_the_recipes_defaults(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    for default in ("passes over the training split (default: 50)", "(default: 128)", "initial learning rate (default: 0.1)",
-                    "(default: 0.9)", "(default: 0.0005)", "ReduceLROnPlateau patience (default: 10)",
-                    "ReduceLROnPlateau factor (default: 0.5)"):
+    for default in (
+        "passes over the training split (default: 50)",
+        "(default: 128)",
+        "initial learning rate (default: 0.1)",
+        "(default: 0.9)",
+        "(default: 0.0005)",
+        "ReduceLROnPlateau patience (default: 10)",
+        "ReduceLROnPlateau factor (default: 0.5)",
+    ):
         assert default in shown
 
 
@@ -241,4 +258,3 @@ def test_a_checkpoint_from_another_device_type_is_refused(tiny, tmp_path):
     checkpoint.save(state, tmp_path / "c.pt")
     with pytest.raises(CheckpointError, match="trained on cuda; resume it there .* or start again with --fresh"):
         fit(tiny, checkpoint_path=tmp_path / "c.pt")
-

@@ -1,7 +1,8 @@
 """Tiny runs for tests, importable from test files, subprocesses and notebook kernels alike.
 
-    python tests/tiny.py CHECKPOINT EPOCHS     train the tiny configuration, as helpers.train's CLI would
+python tests/tiny.py CHECKPOINT EPOCHS     train the tiny configuration, as helpers.train's CLI would
 """
+
 import signal
 import sys
 from pathlib import Path
@@ -12,7 +13,14 @@ from helpers import config, data, train
 from helpers.data import Datasets, Split
 
 TINY = config.QUICK.replace(name="tiny", epochs=2, batch_size=32, plateau_patience=0, checkpoint_every_s=0)
-MEASURED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # a history's columns but timings and hardware
+MEASURED = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+]  # a history's columns but timings and hardware
 
 
 def fit_tiny(datasets: Datasets, cfg=TINY, **kwargs):
