@@ -18,11 +18,11 @@ import sys
 import time
 
 import torch
+from report import Report
 from torch.utils.data import DataLoader
 
 from helpers import augment, config, data
-from helpers.device import DeviceError, resolve_device
-from report import Report
+from helpers.machinery.device import DeviceError, resolve_device
 
 BATCH = 128  # the recipe's batch size
 EPOCH_BATCH = 512  # a larger batch for the batched pipeline's passes over the whole set

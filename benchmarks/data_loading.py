@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import torch
+from report import Report
 
 from helpers import config, data
-from report import Report
 
 
 def timed_load(cache_dir: Path) -> tuple[float, dict]:

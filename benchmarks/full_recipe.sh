@@ -16,7 +16,7 @@ py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 export CIFAR10_OUTPUT="$out/output" CIFAR10_PROGRESS=off PYTHONUNBUFFERED=1
 
-"$py" -c 'import sys, torch; from helpers import device, execution; d = device.resolve_device(sys.argv[1]); print("torch", torch.__version__, "|", execution.resolve(d))' "$device" | tee "$out/machine.txt"
+"$py" -c 'import sys, torch; from helpers.machinery import device, execution; d = device.resolve_device(sys.argv[1]); print("torch", torch.__version__, "|", execution.resolve(d))' "$device" | tee "$out/machine.txt"
 "$py" benchmarks/augment_throughput.py --device "$device" | tee "$out/augment_throughput.txt"
 "$py" benchmarks/training_throughput.py --device "$device" --json "$out/training_throughput.json" | tee "$out/training_throughput.txt"
 "$py" -m helpers.train --device "$device" "$@" | tee "$out/train.txt"

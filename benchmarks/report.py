@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from helpers import config
-from helpers.device import hardware
+from helpers.machinery.device import hardware
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

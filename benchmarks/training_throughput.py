@@ -11,10 +11,10 @@ weight decay 5e-4) in batches of 128 on the same real CIFAR-10 training images:
                        train_epoch), once per execution: fp32 NCHW, fp32 channels_last, bf16 where the
                        hardware computes it natively (or with --bf16), fp16 on CUDA
 
-The row that precision="auto" resolves to here (helpers.execution.AUTO) is marked *. After WARMUP
+The row that precision="auto" resolves to here (helpers.machinery.execution.AUTO) is marked *. After WARMUP
 untimed steps each, the rows take their timed steps in turn (one step of each, then the next round),
 --images / 128 steps each, so that other load on the machine slows them alike. On CUDA every row,
-the original's included, runs with the switches helpers.execution sets (cuDNN autotuning, TF32).
+the original's included, runs with the switches helpers.machinery.execution sets (cuDNN autotuning, TF32).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from report import Report
 from torch.utils.data import DataLoader
 
 from helpers import augment, config, data, train
 from helpers.data import Split
-from helpers.device import DeviceError, resolve_device
-from helpers.execution import Execution, resolve
+from helpers.machinery.device import DeviceError, resolve_device
+from helpers.machinery.execution import Execution, resolve
 from helpers.model import resnet18
-from report import Report
 
 BATCH = 128  # images per SGD step, every pipeline
 WARMUP = 2  # untimed steps before each measurement

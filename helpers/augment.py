@@ -132,7 +132,7 @@ def apply_per_image(
         [
             apply_one(image, top, left, flipped, centres, mean, std, padding, cutout_length)
             for image, (top, left), flipped, centres in zip(
-                images, params.offsets.tolist(), params.flips.tolist(), params.centres.tolist()
+                images, params.offsets.tolist(), params.flips.tolist(), params.centres.tolist(), strict=True
             )
         ]
     )

@@ -51,7 +51,7 @@ class Config:
     eval_batch_size: int = 1000  # images per forward pass when evaluating
     checkpoint_every_s: float = 60.0  # write the checkpoint at most this often (and at the end)
 
-    def replace(self, **changes) -> "Config":
+    def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict:

@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint, config
+from . import config
 from .augment import normalize
 from .config import Config
 from .data import CLASSES, DataError, prepare
-from .device import DeviceError, resolve_device
-from .execution import CHOICES, Execution, resolve
+from .machinery import checkpoint
+from .machinery.device import DeviceError, resolve_device
+from .machinery.execution import CHOICES, Execution, resolve
 from .model import resnet18
 
 

@@ -45,7 +45,7 @@ def image_grid(images: torch.Tensor, titles=None, columns: int = 10, size: float
     )
     for ax in axes.flat:
         ax.axis("off")
-    for i, (ax, image) in enumerate(zip(axes.flat, images)):
+    for i, (ax, image) in enumerate(zip(axes.flat, images, strict=False)):  # a grid may have spare axes
         ax.imshow(to_hwc(image), interpolation="nearest")
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
@@ -69,7 +69,9 @@ def class_counts(counts: pd.DataFrame) -> plt.Figure:
 def channel_histograms(images: torch.Tensor, mean, std) -> plt.Figure:
     """Distribution of pixel values per colour channel, with the mean and one std marked."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3), sharey=True)
-    for c, (ax, name, colour) in enumerate(zip(axes, ("red", "green", "blue"), ("tab:red", "tab:green", "tab:blue"))):
+    for c, (ax, name, colour) in enumerate(
+        zip(axes, ("red", "green", "blue"), ("tab:red", "tab:green", "tab:blue"), strict=True)
+    ):
         counts = torch.bincount(images[:, c].flatten(), minlength=256).numpy()
         ax.fill_between(np.arange(256) / 255, counts / counts.sum(), color=colour, alpha=0.5, step="mid")
         ax.axvline(mean[c], color="k")
@@ -141,7 +143,7 @@ def gradcam_grid(images: torch.Tensor, maps: torch.Tensor, titles=None, size: fl
     """uint8 images (N, 3, H, W) in the top row and, below each, its Grad-CAM map (N, H, W) in [0, 1]
     laid over it: red where the evidence for the class was found."""
     fig, axes = plt.subplots(2, len(images), figsize=(len(images) * size, 2.5 * size), squeeze=False)
-    for i, (image, cam) in enumerate(zip(images, maps)):
+    for i, (image, cam) in enumerate(zip(images, maps, strict=True)):
         top, bottom = axes[0, i], axes[1, i]
         top.imshow(to_hwc(image), interpolation="nearest")
         bottom.imshow(to_hwc(image), interpolation="nearest")
@@ -157,7 +159,7 @@ def gradcam_grid(images: torch.Tensor, maps: torch.Tensor, titles=None, size: fl
 def beside(originals, seen: torch.Tensor, titles=None, size: float = 1.8) -> plt.Figure:
     """Each original picture (PIL images, any size) above the 32x32 uint8 image the network sees of it."""
     fig, axes = plt.subplots(2, len(seen), figsize=(len(seen) * size, 2.3 * size), squeeze=False)
-    for i, (original, image) in enumerate(zip(originals, seen)):
+    for i, (original, image) in enumerate(zip(originals, seen, strict=True)):
         axes[0, i].imshow(original, cmap="gray" if original.mode == "L" else None)
         axes[0, i].set_title(f"{original.width}x{original.height} {original.mode}", fontsize=8)
         axes[1, i].imshow(to_hwc(image), interpolation="nearest")
@@ -172,7 +174,7 @@ def feature_maps(maps: torch.Tensor, count: int = 16, columns: int = 8, title=No
     """The first `count` channels of one image's (C, H, W) feature maps."""
     rows = -(-count // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.2))
-    for ax, channel in zip(axes.flat, maps[:count]):
+    for ax, channel in zip(axes.flat, maps[:count], strict=False):  # a grid may have spare axes
         ax.imshow(channel.float().cpu(), cmap="viridis")
         ax.axis("off")
     if title:

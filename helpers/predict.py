@@ -23,11 +23,11 @@ from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from . import config
-from .checkpoint import CheckpointError
 from .data import CLASSES
-from .device import DeviceError, resolve_device
 from .evaluate import load_model, logits
-from .execution import resolve
+from .machinery.checkpoint import CheckpointError
+from .machinery.device import DeviceError, resolve_device
+from .machinery.execution import resolve
 
 TO_NETWORK_INPUT = transforms.Compose([transforms.Resize(32), transforms.CenterCrop(32), transforms.PILToTensor()])
 

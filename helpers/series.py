@@ -25,7 +25,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, DeadKernelError
 
 from . import config
-from .execution import Execution, resolve
+from .machinery.execution import Execution, resolve
 
 NOTEBOOK_DIR = config.REPO_ROOT / "notebooks"
 
@@ -39,7 +39,7 @@ def timed_execution(cfg: config.Config) -> tuple[Execution, float]:
     """The execution training will use here, and its seconds per training image, from one timed step
     after a small untimed one: seconds, not minutes, even where a step is slow."""
     from .data import Split
-    from .device import resolve_device
+    from .machinery.device import resolve_device
     from .train import new_run, train_epoch
 
     execution = resolve(resolve_device("auto"), cfg.precision)

@@ -2,7 +2,7 @@
 
 Fast by construction: the uint8 data set lives on the training device, each batch is augmented
 there in one go (augment.py), the arithmetic runs in the precision and layout that suit the
-hardware (execution.py), and the loop never waits for the device inside an epoch: losses and
+hardware (machinery/execution.py), and the loop never waits for the device inside an epoch: losses and
 accuracies accumulate as tensors and are read once per epoch.
 
 Safe to run again: whether fit trains, resumes or reuses a finished run is resume.decide's rule, and
@@ -27,16 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint, config
+from . import config
 from .augment import augment
 from .config import Config
 from .data import DataError, Datasets, Split, prepare
-from .device import DeviceError, resolve_device
 from .evaluate import logits
-from .execution import CHOICES, Execution, resolve
+from .machinery import checkpoint
+from .machinery.device import DeviceError, resolve_device
+from .machinery.execution import CHOICES, Execution, resolve
+from .machinery.progress import live_curves, progress
+from .machinery.resume import capture, decide, restore
 from .model import resnet18
-from .progress import live_curves, progress
-from .resume import capture, decide, restore
 
 
 class TrainingError(RuntimeError):

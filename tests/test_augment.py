@@ -36,7 +36,7 @@ def torchvision_augment(image: torch.Tensor, top: int, left: int, flip: bool, ce
 def test_crop_at_every_offset_equals_torchvision_pad_then_crop():
     images = random_images(81)
     batched = augment.crop(images, ALL_OFFSETS, padding=4)
-    for image, out, (top, left) in zip(images, batched, ALL_OFFSETS.tolist()):
+    for image, out, (top, left) in zip(images, batched, ALL_OFFSETS.tolist(), strict=True):
         assert torch.equal(out, TF.crop(TF.pad(image, [4]), top, left, 32, 32))
 
 
@@ -56,7 +56,7 @@ def test_flip_rate_is_one_half_and_flips_match_torchvision():
     assert abs(flips.double().mean().item() - 0.5) < 0.015  # 4 standard deviations of a fair coin
     images = random_images(8)
     chosen = torch.tensor([True, False] * 4)
-    for image, out, flip in zip(images, augment.flip(images, chosen), chosen):
+    for image, out, flip in zip(images, augment.flip(images, chosen), chosen, strict=True):
         assert torch.equal(out, TF.hflip(image) if flip else image)
 
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torchvision.models import resnet18 as imagenet_resnet18
 
-from helpers import checkpoint, evaluate, execution, train
-from helpers.checkpoint import CheckpointError
+from helpers import evaluate
 from helpers.data import CLASSES
 from helpers.evaluate import Predictions
+from helpers.machinery import checkpoint, execution
+from helpers.machinery.checkpoint import CheckpointError
 
 CPU = execution.resolve(torch.device("cpu"))
 
@@ -78,7 +79,11 @@ def test_most_confused_lists_the_largest_off_diagonal_cells_in_order():
     )
     top = evaluate.most_confused(cm, k=3)
     # off-diagonal cells by count: c->a 7, a->b 4, c->b 3, b->a 2, a->c 1, b->c 0
-    assert list(zip(top["true"], top["predicted"], top["count"])) == [("c", "a", 7), ("a", "b", 4), ("c", "b", 3)]
+    assert list(zip(top["true"], top["predicted"], top["count"], strict=True)) == [
+        ("c", "a", 7),
+        ("a", "b", 4),
+        ("c", "b", 3),
+    ]
     # share of the true class's images: 7 / (7+3+9), 4 / (5+4+1), 3 / 19
     np.testing.assert_allclose(top["share of true class"], [7 / 19, 4 / 10, 3 / 19])
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import device, execution, train
+from helpers import train
 from helpers.data import Datasets
-from helpers.device import Hardware
-from helpers.execution import SlowPrecisionWarning
+from helpers.machinery import device, execution
+from helpers.machinery.device import Hardware
+from helpers.machinery.execution import SlowPrecisionWarning
 from tiny import TINY
 
 CPU = torch.device("cpu")

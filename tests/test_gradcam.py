@@ -28,7 +28,7 @@ class TwoRegions(nn.Module):
 
     def forward(self, x):
         seen = []
-        for conv, (rows, cols) in zip(self.convs, self.REGIONS.values()):
+        for conv, (rows, cols) in zip(self.convs, self.REGIONS.values(), strict=True):
             mask = torch.zeros_like(x)
             mask[..., rows, cols] = 1
             seen.append(F.relu(conv(x * mask)))

@@ -8,8 +8,9 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.models import resnet18 as torchvision_resnet18
 
-from helpers import checkpoint, predict
+from helpers import predict
 from helpers.data import CLASSES
+from helpers.machinery import checkpoint
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
-import torch
 
-from helpers import checkpoint, config, progress, resume, series, train
-from helpers.checkpoint import CheckpointError
+from helpers import config, series, train
+from helpers.machinery import checkpoint, progress, resume
+from helpers.machinery.checkpoint import CheckpointError
 from tiny import MEASURED, TINY
 from tiny import fit_tiny as fit
 

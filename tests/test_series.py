@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from helpers import config, execution, series, train
-from helpers.device import resolve_device
+from helpers import config, series, train
+from helpers.machinery import execution
+from helpers.machinery.device import resolve_device
 
 
 def test_the_series_is_notebooks_01_to_04_in_order():

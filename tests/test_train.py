@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import checkpoint, config, execution, train
-from helpers.checkpoint import CheckpointError
-from helpers.device import DeviceError, resolve_device
-from helpers.resume import capture, restore
+from helpers import config, train
+from helpers.machinery import checkpoint, execution
+from helpers.machinery.checkpoint import CheckpointError
+from helpers.machinery.device import DeviceError, resolve_device
+from helpers.machinery.resume import capture, restore
 from helpers.train import TrainingError
 from tiny import MEASURED, TINY
 from tiny import fit_tiny as fit

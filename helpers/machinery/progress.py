@@ -12,7 +12,7 @@ import sys
 
 from tqdm.auto import tqdm
 
-from .config import progress_mode
+from ..config import progress_mode
 
 
 def progress(iterable=None, **kwargs):
@@ -48,7 +48,7 @@ class LiveCurves:
         from IPython.display import display
         from matplotlib.figure import Figure
 
-        from .plots import learning_curves
+        from ..plots import learning_curves
 
         if self.figure is None:
             # A figure outside pyplot: the inline backend does not show it a second time when the cell ends.

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..config import Config, shown_path
 from . import checkpoint
 from .checkpoint import CheckpointError
-from .config import Config, shown_path
 
 if TYPE_CHECKING:
-    from .train import Run
+    from ..train import Run
 
 # Settings a run may change and still continue: names, length and how the arithmetic runs.
 CONTINUABLE = {"name", "epochs", "precision", "compile", "eval_batch_size", "checkpoint_every_s"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import shown_path
+from ..config import shown_path
 
 ARCHITECTURE = "resnet18-cifar-stem"  # what helpers.model.resnet18 builds; stored in every checkpoint
 FORMAT = 2  # what a checkpoint holds: 2 adds the data label and the execution (resume.capture)
