@@ -82,7 +82,7 @@ def data_source() -> str | None:
     return os.environ.get("CIFAR10_DATA") or None
 
 
-def data_label(source: str | None = None) -> str:
+def data_label(source: str | Path | None = None) -> str:
     """How results name their data: a JPEG copy of CIFAR-10 is not the original (its pixels differ)."""
     source = data_source() if source is None else source
     if source is None:

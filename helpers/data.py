@@ -140,8 +140,9 @@ def archive_files(path: Path):
     try:
         with tarfile.open(path, "r|*") as archive:
             for member in archive:
-                if member.isfile():
-                    yield member.name, archive.extractfile(member).read()
+                file = archive.extractfile(member) if member.isfile() else None  # None for links and folders
+                if file is not None:
+                    yield member.name, file.read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise DataError(f"{path.name} is truncated or not a tar archive ({exc}).") from exc
 
@@ -212,19 +213,19 @@ def stratified_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.
     if size % len(classes):
         raise ValueError(f"a stratified split of {size} does not divide among {len(classes)} classes")
     per_class = size // len(classes)
-    held_out = []
+    chosen = []
     for cls in classes:
         members = (labels == cls).nonzero().flatten()
         if per_class > len(members):
             raise ValueError(f"cannot hold out {per_class} of class {int(cls)}: it has {len(members)}")
-        held_out.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
-    held_out = torch.cat(held_out).sort().values
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    held_out = torch.cat(chosen).sort().values
     rest = torch.ones(len(labels), dtype=torch.bool)
     rest[held_out] = False
     return rest.nonzero().flatten(), held_out
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Per-channel mean and std of uint8 images, in [0, 1] units (exact, from 256-bin histograms)."""
     values = torch.arange(256, dtype=torch.float64) / 255
     means, stds = [], []
@@ -234,7 +235,9 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
         var = (counts * (values - mean) ** 2).sum() / (counts.sum() - 1)
         means.append(mean.item())
         stds.append(var.sqrt().item())
-    return tuple(means), tuple(stds)
+    if len(means) != 3:
+        raise ValueError(f"expected RGB images (N, 3, H, W), got {len(means)} channels")
+    return (means[0], means[1], means[2]), (stds[0], stds[1], stds[2])
 
 
 def prepare(

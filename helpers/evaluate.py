@@ -125,7 +125,8 @@ def per_class_report(cm: pd.DataFrame) -> pd.DataFrame:
 
 def most_confused(cm: pd.DataFrame, k: int = 5) -> pd.DataFrame:
     """The k largest off-diagonal cells: which class is most often taken for which."""
-    pairs = cm.stack().rename("count").reset_index()
+    cells = pd.MultiIndex.from_product([cm.index, cm.columns])  # (true, predicted), row by row as stack() gives
+    pairs = pd.Series(cm.to_numpy().ravel(), index=cells, name="count").reset_index()
     pairs = pairs[pairs["true"] != pairs["predicted"]]
     pairs["share of true class"] = pairs["count"] / pairs["true"].map(cm.sum(axis=1))
     return pairs.sort_values("count", ascending=False, kind="stable").head(k).reset_index(drop=True)

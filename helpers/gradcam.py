@@ -20,12 +20,18 @@ def grad_cam(model: nn.Module, images: torch.Tensor, classes, layer: nn.Module |
     Computed in eval mode, each image's map depends on that image alone, whatever batch it is in.
     The model's parameter gradients are left untouched.
     """
-    layer = layer if layer is not None else model.layer4
-    caught = {}
-    hooks = [
-        layer.register_forward_hook(lambda module, inputs, output: caught.update(maps=output)),
-        layer.register_full_backward_hook(lambda module, grad_in, grad_out: caught.update(grads=grad_out[0])),
-    ]
+    target = layer if layer is not None else model.get_submodule("layer4")
+    caught: dict[str, torch.Tensor] = {}
+
+    def keep_maps(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        caught["maps"] = output
+
+    def keep_gradients(
+        module: nn.Module, grad_in: tuple[torch.Tensor, ...], grad_out: tuple[torch.Tensor, ...]
+    ) -> None:
+        caught["grads"] = grad_out[0]  # the gradient of the class score with respect to the layer's output
+
+    hooks = [target.register_forward_hook(keep_maps), target.register_full_backward_hook(keep_gradients)]
     model.eval()
     try:
         with torch.enable_grad():

@@ -47,7 +47,7 @@ class Classified:
     def top(self, k: int = 3) -> pd.DataFrame:
         """One row per image: its k most probable classes with their probabilities."""
         probs, indices = self.probs.topk(k, dim=1)
-        rows = {}
+        rows: dict[str, object] = {}
         for rank in range(k):
             rows[f"class {rank + 1}"] = [CLASSES[i] for i in indices[:, rank]]
             rows[f"p {rank + 1}"] = probs[:, rank].numpy()
@@ -79,8 +79,8 @@ def network_input(path: Path) -> torch.Tensor:
     """One image file as the (3, 32, 32) uint8 tensor the network is given."""
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)  # photos stored sideways with an orientation tag
-            rgb = (image.convert("RGBA") if image.mode == "P" else image).convert("RGB")
+            upright = ImageOps.exif_transpose(image)  # photos stored sideways with an orientation tag
+            rgb = (upright.convert("RGBA") if upright.mode == "P" else upright).convert("RGB")
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
         raise PredictError(f"{path} is not an image that can be read ({type(exc).__name__}).") from exc
     return TO_NETWORK_INPUT(rgb)

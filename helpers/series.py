@@ -21,6 +21,7 @@ import time
 
 import nbformat
 import torch
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, DeadKernelError
 
@@ -84,7 +85,7 @@ def warn_without_gpu(cfg: config.Config) -> None:
 def execute(path) -> None:
     """Run one notebook in a fresh kernel started in notebooks/, and store it with its outputs."""
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(
+    client: NotebookClient = NotebookClient(
         notebook,
         timeout=None,
         kernel_name="python3",
@@ -105,11 +106,15 @@ def pass_ctrl_c_to_the_kernel(client: NotebookClient) -> None:
     Ctrl-C handler shuts it down: training would lose the epochs since its last checkpoint. Instead, the
     first Ctrl-C interrupts the kernel, as Jupyter's interrupt button does (training saves its last
     finished epoch and the cell fails with KeyboardInterrupt); a second one stops here at once."""
-    loop, sent = asyncio.get_running_loop(), []
+    loop = asyncio.get_running_loop()
+    sent: list[asyncio.Future] = []
+    manager = client.km
+    if not isinstance(manager, AsyncKernelManager):  # nbclient's own kind, there once the kernel has started
+        return
 
     def interrupt() -> None:
         loop.remove_signal_handler(signal.SIGINT)  # back to Python's own: the next Ctrl-C raises KeyboardInterrupt
-        sent.append(loop.create_task(client.km.interrupt_kernel()))  # kept, so that it is not collected unrun
+        sent.append(asyncio.ensure_future(manager.interrupt_kernel()))  # kept, so that it is not collected unrun
 
     loop.add_signal_handler(signal.SIGINT, interrupt)  # replaces nbclient's, for this notebook's run
 

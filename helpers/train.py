@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 import torch
@@ -84,10 +85,11 @@ class Run:
     data: str = "CIFAR-10"  # the data's label: a run is continued only on the data it started on
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
-    forward: nn.Module | None = None  # the model, compiled when asked
+    forward: nn.Module = field(init=False)  # the model, compiled when asked
 
-    def __post_init__(self):
-        self.forward = torch.compile(self.model) if self.cfg.compile else self.model
+    def __post_init__(self) -> None:
+        # torch.compile of a module returns a module (OptimizedModule); its annotation only says Callable
+        self.forward = cast(nn.Module, torch.compile(self.model)) if self.cfg.compile else self.model
 
     @property
     def device(self) -> torch.device:
@@ -181,12 +183,12 @@ def fit(
     plan = decide(cfg, path, datasets.label, execution.device.type, fresh=fresh, required=resume)
     if plan.message:
         print(plan.message, flush=True)
-    if plan.action == "reuse":
+    if plan.action == "reuse" and plan.state is not None:
         history = history_frame(plan.state["history"])
         live_curves().show(history)
         return history
     run = new_run(cfg, execution, datasets.mean, datasets.std, datasets.label)
-    if plan.action == "resume":
+    if plan.action == "resume" and plan.state is not None:
         restore(run, plan.state)
     train_epochs(run, datasets, path)
     history = history_frame(run.history)

@@ -1,5 +1,6 @@
-"""The repository's promises about itself: one set of pinned packages in pyproject.toml and
-environment.yml, notebooks stored as run top to bottom, and one test command for README, make and CI."""
+"""The repository's promises about itself: one set of exact pins in constraints.txt and environment.yml
+within pyproject.toml's ranges, notebooks stored as run top to bottom, and one test command for README,
+make and CI."""
 
 import json
 import re
@@ -7,6 +8,7 @@ import tomllib
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from helpers.config import REPO_ROOT
 
@@ -31,9 +33,17 @@ def pinned(requirements, rename=None) -> dict[str, str | None]:
     return pins
 
 
-def pyproject_pins() -> dict[str, str | None]:
+def pyproject_requirements() -> list[Requirement]:
+    """The dependencies and every optional group of pyproject.toml."""
     with open(REPO_ROOT / "pyproject.toml", "rb") as file:
-        return pinned(tomllib.load(file)["project"]["dependencies"])
+        project = tomllib.load(file)["project"]
+    groups = project.get("optional-dependencies", {}).values()
+    return [Requirement(line) for line in project["dependencies"] + [line for group in groups for line in group]]
+
+
+def constraints_pins() -> dict[str, str | None]:
+    lines = (line.split("#")[0].strip() for line in (REPO_ROOT / "constraints.txt").read_text().splitlines())
+    return pinned(line for line in lines if line)
 
 
 def environment_pins() -> dict[str, str | None]:
@@ -44,16 +54,34 @@ def environment_pins() -> dict[str, str | None]:
     return {**pinned(conda, CONDA_TO_PIP), **pinned(pip)}
 
 
-def test_pyproject_and_environment_yml_pin_the_same_packages_at_the_same_versions():
-    pyproject, environment = pyproject_pins(), environment_pins()
-    problems = [f"{name} is only in pyproject.toml" for name in sorted(pyproject.keys() - environment.keys())]
-    problems += [f"{name} is only in environment.yml" for name in sorted(environment.keys() - pyproject.keys())]
+def test_constraints_and_environment_yml_pin_the_same_packages_at_the_same_versions():
+    constraints, environment = constraints_pins(), environment_pins()
+    problems = [f"{name} is only in constraints.txt" for name in sorted(constraints.keys() - environment.keys())]
+    problems += [f"{name} is only in environment.yml" for name in sorted(environment.keys() - constraints.keys())]
     problems += [
-        f"{name}: {pyproject[name]} in pyproject.toml, {environment[name]} in environment.yml"
-        for name in sorted(pyproject.keys() & environment.keys())
-        if pyproject[name] != environment[name]
+        f"{name}: {constraints[name]} in constraints.txt, {environment[name]} in environment.yml"
+        for name in sorted(constraints.keys() & environment.keys())
+        if constraints[name] != environment[name]
     ]
     assert not problems, "; ".join(problems)
+
+
+def test_every_pin_lies_in_pyproject_tomls_range_and_every_requirement_is_pinned():
+    pins = constraints_pins()
+    problems = []
+    for requirement in pyproject_requirements():
+        name = requirement.name.lower().replace("_", "-")
+        pin = pins.get(name)
+        if pin is None:
+            problems.append(f"{name} has no exact pin in constraints.txt")
+        elif not requirement.specifier.contains(pin, prereleases=True):
+            problems.append(f"{name}=={pin} is outside pyproject.toml's range {requirement.specifier}")
+    assert not problems, "; ".join(problems)
+
+
+def test_pyproject_states_ranges_so_that_an_installed_torch_is_kept():
+    exact = [str(r) for r in pyproject_requirements() if any(spec.operator == "==" for spec in r.specifier)]
+    assert not exact, f"exact pins belong in constraints.txt, not pyproject.toml: {exact}"
 
 
 def test_the_requirement_reader_tells_names_and_versions_apart():

@@ -9,10 +9,15 @@ rather than inside the stored notebooks; the test command sets `off`.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from ..config import progress_mode
+
+if TYPE_CHECKING:  # IPython and matplotlib load only where curves are drawn
+    from IPython.display import DisplayHandle
+    from matplotlib.figure import Figure
 
 
 def progress(iterable=None, **kwargs):
@@ -40,17 +45,19 @@ class LiveCurves:
     it draws nothing: the text progress bar says enough there."""
 
     def __init__(self, enabled: bool):
-        self.enabled, self.figure, self.handle = enabled, None, None
+        self.enabled = enabled
+        self.figure: Figure | None = None  # made on the first epoch
+        self.handle: DisplayHandle | None = None
 
     def show(self, history) -> None:
         if not self.enabled:
             return
         from IPython.display import display
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # noqa: F811 (at run time; the module-level import is for types)
 
         from ..plots import learning_curves
 
-        if self.figure is None:
+        if self.figure is None or self.handle is None:
             # A figure outside pyplot: the inline backend does not show it a second time when the cell ends.
             self.figure = learning_curves(history, Figure())
             self.handle = display(self.figure, display_id=True)

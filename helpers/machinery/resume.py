@@ -53,7 +53,8 @@ def decide(cfg: Config, path: Path, data: str, device_type: str, fresh: bool = F
     path = Path(path)
     if fresh:
         kept = set_aside(path) if path.exists() else None
-        return Plan("new", None, kept and f"Fresh start; the previous checkpoint is kept as {shown_path(kept)}.")
+        said = f"Fresh start; the previous checkpoint is kept as {shown_path(kept)}." if kept else None
+        return Plan("new", None, said)
     if not path.exists() and not required:
         return Plan("new", None, None)
     state = checkpoint.load(path)
