@@ -36,6 +36,8 @@ class Config:
     flip_p: float = 0.5  # RandomHorizontalFlip probability
     cutout_holes: int = 1  # Cutout(n_holes=1, ...)
     cutout_length: int = 16  # side of each square hole
+    # Model
+    width: int = 64  # channels of the first stage, doubled by each later one: ResNet18's 64 (narrower: tests only)
     # Optimisation
     epochs: int = 50
     batch_size: int = 128  # images per SGD step

@@ -68,7 +68,7 @@ class Predictions:
 def load_model(path: Path, execution: Execution) -> tuple[nn.Module, dict]:
     """The model of a checkpoint, on the execution's device and in its layout, and the checkpoint's contents."""
     state = checkpoint.load(path)
-    model = resnet18()
+    model = resnet18(width=state["config"].get("width", Config.width))  # checkpoints before widths: 64
     checkpoint.load_weights(model, state["model"], config.shown_path(path))
     return model.to(execution.device, memory_format=execution.memory_format), state
 

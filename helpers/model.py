@@ -15,12 +15,34 @@ from torchvision.models import resnet
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
-def resnet18(num_classes: int = 10) -> resnet.ResNet:
-    """ResNet18 with the stem replaced by conv3x3(stride 1) + BN + ReLU and no max-pool."""
-    model = resnet.resnet18(num_classes=num_classes)
-    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+def resnet18(num_classes: int = 10, width: int = 64) -> resnet.ResNet:
+    """ResNet18 with the stem replaced by conv3x3(stride 1) + BN + ReLU and no max-pool.
+
+    `width` is the channel count of the stem and the first stage; each later stage doubles it. 64 is
+    ResNet18's, the one the series trains. The tests train narrower ones (config.Config.width) to check
+    what does not depend on it (resuming, refusing, signals, the command line) in milliseconds a step.
+    """
+    model = resnet.resnet18(num_classes=num_classes) if width == 64 else narrow_resnet18(num_classes, width)
+    model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision inits convs
     model.maxpool = nn.Identity()
+    return model
+
+
+def narrow_resnet18(num_classes: int, width: int) -> resnet.ResNet:
+    """torchvision's ResNet18 with `width`, 2x, 4x and 8x `width` channels in its stages instead of 64..512,
+    built by torchvision's own _make_layer and initialised as torchvision initialises (the stem is left to
+    the caller)."""
+    with torch.device("meta"):  # the full-width layers, about to be replaced: never allocated nor initialised
+        model = resnet.resnet18(num_classes=num_classes)
+    model.inplanes = width
+    model.bn1 = nn.BatchNorm2d(width)
+    for i, stage in enumerate(STAGES[1:]):
+        setattr(model, stage, model._make_layer(resnet.BasicBlock, width * 2**i, blocks=2, stride=1 if i == 0 else 2))
+    model.fc = nn.Linear(8 * width, num_classes)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
     return model
 
 

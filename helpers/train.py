@@ -58,6 +58,7 @@ def check_config(cfg: Config) -> None:
         (cfg.weight_decay >= 0, f"weight_decay must be at least 0 (got {cfg.weight_decay})"),
         (0 < cfg.plateau_factor < 1, f"plateau_factor must be in (0, 1) (got {cfg.plateau_factor})"),
         (cfg.plateau_patience >= 0, f"plateau_patience must be at least 0 (got {cfg.plateau_patience})"),
+        (cfg.width >= 1, f"width must be at least 1 (got {cfg.width})"),
         (0 <= cfg.flip_p <= 1, f"flip_p must be in [0, 1] (got {cfg.flip_p})"),
         (
             cfg.crop_padding >= 0 and cfg.cutout_length >= 0 and cfg.cutout_holes >= 0,
@@ -99,7 +100,7 @@ class Run:
 def new_run(cfg: Config, execution: Execution, mean, std, data: str = "CIFAR-10") -> Run:
     """A freshly initialised model with the recipe's optimizer, scheduler and seeded generators."""
     torch.manual_seed(cfg.seed)
-    model = resnet18().to(execution.device, memory_format=execution.memory_format)
+    model = resnet18(width=cfg.width).to(execution.device, memory_format=execution.memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience

@@ -1,5 +1,6 @@
-"""Shared fixtures: the real CIFAR-10 (JPEG copy) when it is beside the checkout, one quick run trained
-on it and shared by the tests that need a trained network, tiny random data, and isolated outputs."""
+"""Shared fixtures, each made once a session: the real CIFAR-10 (JPEG copy) when it is beside the checkout,
+one quick run trained on it and shared by the tests that need a network trained on real images, tiny
+random data and checkpoints trained on it (tiny.py), and isolated outputs."""
 
 import os
 from pathlib import Path
@@ -43,9 +44,18 @@ def tiny() -> Datasets:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny, tmp_path_factory) -> Path:
-    """A checkpoint written by helpers.train.fit after one epoch on the tiny data."""
+    """A checkpoint of the tiny configuration (width 8) written by helpers.train.fit after one epoch."""
     path = tmp_path_factory.mktemp("tiny-run") / "checkpoint.pt"
     train.fit(TINY.replace(epochs=1), tiny, device="cpu", checkpoint_path=path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def full_width_checkpoint(tiny, tmp_path_factory) -> Path:
+    """A checkpoint of the recipe's width (64: ResNet18 itself) written by helpers.train.fit after one epoch
+    (four steps) on the tiny data: the tests that need the real architecture's weights share it."""
+    path = tmp_path_factory.mktemp("full-width-run") / "checkpoint.pt"
+    train.fit(TINY.replace(width=config.RECIPE.width, epochs=1), tiny, device="cpu", checkpoint_path=path)
     return path
 
 

@@ -39,6 +39,19 @@ def test_parameter_count_matches_a_hand_count_from_the_layer_shapes():
     assert sum(p.numel() for p in model.resnet18().parameters()) == by_hand
 
 
+def test_a_narrower_width_scales_every_stage_and_keeps_torchvisions_layers():
+    """Width 8 (the tests' tiny runs): every channel count divided by 8, the same layers and keys as ResNet18."""
+    w = 8
+    narrow = [(cin // w, cout // w, stride) for cin, cout, stride in BLOCKS]
+    by_hand = conv(3, w, 3) + bn(w) + sum(block_parameters(*b) for b in narrow) + 8 * w * 10 + 10
+    net = model.resnet18(width=w)
+    assert sum(p.numel() for p in net.parameters()) == by_hand == 176_402
+    table = model.stage_table({"narrow": net})
+    assert table["narrow"].tolist() == ["8x32x32", "8x32x32", "16x16x16", "32x8x8", "64x4x4"]
+    assert net.state_dict().keys() == torchvision_resnet18(num_classes=10).state_dict().keys()
+    assert isinstance(net.maxpool, torch.nn.Identity) and net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_macs_match_a_hand_count():
     size, total = 32, conv(3, 64, 3) * 32 * 32
     for cin, cout, stride in BLOCKS:

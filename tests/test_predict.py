@@ -37,10 +37,10 @@ def independent_probabilities(path, images: torch.Tensor) -> torch.Tensor:
         return net.eval()((images.float() / 255 - mean) / std).softmax(1)
 
 
-def test_on_32x32_rgb_pngs_the_top_class_equals_an_independent_fp32_forward_pass(tiny_checkpoint, pngs):
+def test_on_32x32_rgb_pngs_the_top_class_equals_an_independent_fp32_forward_pass(full_width_checkpoint, pngs):
     paths, images = pngs
-    result = predict.classify(paths, tiny_checkpoint, device="cpu")
-    expected = independent_probabilities(tiny_checkpoint, images)
+    result = predict.classify(paths, full_width_checkpoint, device="cpu")
+    expected = independent_probabilities(full_width_checkpoint, images)
     assert torch.equal(result.images, images)  # a 32x32 RGB image passes through unchanged
     assert result.probs.argmax(1).tolist() == expected.argmax(1).tolist()
     torch.testing.assert_close(result.probs, expected, rtol=1e-4, atol=1e-6)

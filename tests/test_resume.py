@@ -13,9 +13,10 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import torch
 
-from helpers import config, series, train
-from helpers.machinery import checkpoint, progress, resume
+from helpers import config, evaluate, series, train
+from helpers.machinery import checkpoint, execution, progress, resume
 from helpers.machinery.checkpoint import CheckpointError
 from tiny import MEASURED, TINY
 from tiny import fit_tiny as fit
@@ -132,6 +133,21 @@ def test_a_corrupt_checkpoint_is_refused_and_fresh_sets_it_aside(tiny, tmp_path)
     assert [p.read_bytes() for p in tmp_path.glob("c.before-*.pt")] == [b"\x00half a checkpoint"]
 
 
+def test_a_checkpoint_from_before_widths_is_a_full_width_run(full_width_checkpoint, tiny, tmp_path, monkeypatch):
+    """Checkpoints written before Config had a width (commit 6960a31) hold ResNet18 at width 64: they are
+    evaluated, reused and refused as runs of width 64."""
+    state = checkpoint.load(full_width_checkpoint)
+    del state["config"]["width"]
+    checkpoint.save(state, tmp_path / "old.pt")
+    model, _ = evaluate.load_model(tmp_path / "old.pt", execution.resolve(torch.device("cpu")))
+    assert model.conv1.out_channels == 64
+    monkeypatch.setattr(train, "train_epoch", no_training)
+    full_width = TINY.replace(width=64, epochs=1)
+    assert len(fit(tiny, full_width, checkpoint_path=tmp_path / "old.pt")) == 1  # reused
+    with pytest.raises(CheckpointError, match="width: 64 in the checkpoint, 8 now"):
+        fit(tiny, TINY.replace(epochs=1), checkpoint_path=tmp_path / "old.pt")
+
+
 @pytest.mark.slow
 def test_the_command_line_reuses_a_finished_run(quick_run, real_source, capsys, monkeypatch):
     before = digest(quick_run)
@@ -170,9 +186,11 @@ class Process:
         return self.err.read_text()
 
 
-def start_tiny_run(path: Path, epochs: int) -> Process:
-    """`python tests/tiny.py`, which restores Ctrl-C's default handler itself (a background job may ignore it)."""
-    return Process([sys.executable, str(TESTS / "tiny.py"), str(path), str(epochs)], path.with_name("log"))
+def start_tiny_run(path: Path, epochs: int, hold: Path | None = None) -> Process:
+    """`python tests/tiny.py`, which restores Ctrl-C's default handler itself (a background job may ignore it);
+    with `hold`, the run waits in epoch 2 to be stopped, once it has created that file."""
+    arguments = [sys.executable, str(TESTS / "tiny.py"), str(path), str(epochs)] + ([str(hold)] if hold else [])
+    return Process(arguments, path.with_name("log"))
 
 
 def wait_for(condition, seconds: float = 120):
@@ -182,7 +200,7 @@ def wait_for(condition, seconds: float = 120):
         time.sleep(0.02)
 
 
-STOPPED_EPOCHS = 3  # the signal comes once epoch 1 is saved, during epoch 2
+STOPPED_EPOCHS = 3  # the signal comes once epoch 1 is saved, during epoch 2 (tiny.hold_in_epoch)
 
 
 @pytest.fixture(scope="module")
@@ -197,13 +215,13 @@ def uninterrupted_tiny_run(tmp_path_factory) -> pd.DataFrame:
 def test_a_process_stopped_mid_run_and_started_again_gives_the_uninterrupted_history(
     uninterrupted_tiny_run, tmp_path, stop
 ):
-    path = tmp_path / "c.pt"
-    run = start_tiny_run(path, STOPPED_EPOCHS)
-    wait_for(lambda: path.exists() or run.popen.poll() is not None)  # written (atomically) after every epoch
+    path, held = tmp_path / "c.pt", tmp_path / "held"
+    run = start_tiny_run(path, STOPPED_EPOCHS, hold=held)
+    wait_for(lambda: held.exists() or run.popen.poll() is not None)  # epoch 2's steps done, epoch 1 written
     run.popen.send_signal(stop)
     code = run.wait(timeout=120)
     stopped_at = checkpoint.load(path)["epoch"]
-    assert 1 <= stopped_at < STOPPED_EPOCHS, "the signal came too late to test anything"
+    assert stopped_at == 1, "the signal came too late to test anything"
     if stop == signal.SIGKILL:
         assert code == -signal.SIGKILL
     else:
@@ -221,8 +239,9 @@ import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from helpers import train
-from tiny import TINY, tiny_datasets
+from tiny import TINY, hold_in_epoch, tiny_datasets
 
+hold_in_epoch(3, Path({held!r}))  # the first run waits in epoch 3 for Ctrl-C; the run started again never waits
 real_capture = train.capture
 def counted(run):  # marks every finished epoch once captured, so that the test knows when to press Ctrl-C
     state = real_capture(run)
@@ -235,17 +254,13 @@ history = train.fit(TINY.replace(epochs={epochs}, checkpoint_every_s=1e9), tiny_
 """
 
 
-def training_notebook(tmp_path: Path, epochs: int) -> tuple[Path, Path, Path]:
-    path, marks = tmp_path / "run" / "checkpoint.pt", tmp_path / "marks.txt"
-    notebook = nbformat.v4.new_notebook(
-        cells=[
-            nbformat.v4.new_code_cell(
-                TRAINING_NOTEBOOK.format(tests=str(TESTS), marks=str(marks), epochs=epochs, path=str(path))
-            )
-        ]
-    )
-    nbformat.write(notebook, tmp_path / "training.ipynb")
-    return tmp_path / "training.ipynb", path, marks
+def training_notebook(tmp_path: Path, epochs: int) -> tuple[Path, Path, Path, Path]:
+    """A one-cell notebook that trains the tiny run and waits in epoch 3 to be interrupted, the first time
+    it runs: (notebook, checkpoint, the file that marks every captured epoch, the file that says it waits)."""
+    path, marks, held = tmp_path / "run" / "checkpoint.pt", tmp_path / "marks.txt", tmp_path / "held"
+    code = TRAINING_NOTEBOOK.format(tests=str(TESTS), marks=str(marks), epochs=epochs, path=str(path), held=str(held))
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), tmp_path / "training.ipynb")
+    return tmp_path / "training.ipynb", path, marks, held
 
 
 def run_series(notebook: Path) -> Process:
@@ -276,15 +291,15 @@ def test_ctrl_c_in_the_series_saves_the_last_epoch_and_the_series_carries_on(tin
     """checkpoint_every_s is huge, so the only write before the end is the one Ctrl-C causes in the kernel."""
     epochs = 4  # Ctrl-C once two epochs are saved, in the third
     straight = fit(tiny, TINY.replace(epochs=epochs), checkpoint_path=tmp_path / "straight.pt")
-    notebook, path, marks = training_notebook(tmp_path, epochs)
+    notebook, path, marks, held = training_notebook(tmp_path, epochs)
     series_run = run_series(notebook)
-    wait_for(lambda: marks.exists() and marks.read_text().count("\n") >= 2 or series_run.popen.poll() is not None)
+    wait_for(lambda: held.exists() or series_run.popen.poll() is not None)
     signals = signal_masks(series_run.popen.pid)
     series_run.popen.send_signal(signal.SIGINT)
     assert series_run.wait(timeout=120) == 130, (signals, series_run.stdout(), series_run.stderr())
     assert "Interrupted in training.ipynb" in series_run.stderr()
     stopped_at = checkpoint.load(path)["epoch"]
-    assert 2 <= stopped_at < epochs and marks.read_text().count("\n") == stopped_at  # every finished epoch was saved
+    assert stopped_at == 2 and marks.read_text().count("\n") == stopped_at  # every finished epoch was saved
     again = run_series(notebook)
     assert again.wait() == 0, again.stderr()
     pd.testing.assert_frame_equal(pd.read_csv(path.with_name("history.csv"))[MEASURED], straight, check_exact=True)

@@ -1,6 +1,7 @@
 """Training: the recipe's optimizer and schedule, exact resume, Ctrl-C, divergence, clear errors, learning."""
 
 import dataclasses
+import math
 
 import pandas as pd
 import pytest
@@ -11,6 +12,7 @@ from helpers.machinery import checkpoint, execution
 from helpers.machinery.checkpoint import CheckpointError
 from helpers.machinery.device import DeviceError, resolve_device
 from helpers.machinery.resume import capture, restore
+from helpers.model import count_parameters, resnet18
 from helpers.train import TrainingError
 from tiny import MEASURED, TINY
 from tiny import fit_tiny as fit
@@ -26,6 +28,21 @@ def test_recipe_defaults_are_the_original_readmes():
     assert isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert (run.scheduler.mode, run.scheduler.factor, run.scheduler.patience) == ("min", 0.5, 10)
     assert (config.RECIPE.epochs, config.RECIPE.batch_size) == (50, 128)
+    assert count_parameters(run.model) == 11_173_962  # ResNet18 itself, at width 64 (test_model's hand count)
+    assert config.QUICK.width == config.RECIPE.width == 64
+
+
+def test_the_full_width_model_trains_through_fit(full_width_checkpoint):
+    """The behaviour tests train width 8; this is fit's one real training epoch (four steps) of ResNet18 itself."""
+    state = checkpoint.load(full_width_checkpoint)
+    trained = resnet18()
+    checkpoint.load_weights(trained, state["model"])  # every key and shape of width 64
+    assert count_parameters(trained) == 11_173_962 and state["config"]["width"] == 64
+    initial = train.new_run(TINY.replace(width=64), CPU, (0.5,) * 3, (0.25,) * 3).model.state_dict()
+    moved = [name for name, weights in state["model"].items() if not torch.equal(weights, initial[name])]
+    assert "conv1.weight" in moved and "fc.weight" in moved and "layer4.1.conv2.weight" in moved
+    (record,) = state["history"]
+    assert record["epoch"] == 1 and all(math.isfinite(record[key]) for key in ("train_loss", "val_loss"))
 
 
 def test_learning_rates_follow_torchs_plateau_scheduler_on_the_validation_losses(tiny, monkeypatch):

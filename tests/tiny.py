@@ -1,10 +1,19 @@
 """Tiny runs for tests, importable from test files, subprocesses and notebook kernels alike.
 
-python tests/tiny.py CHECKPOINT EPOCHS     train the tiny configuration, as helpers.train's CLI would
+The tiny configuration trains the project's ResNet18 at width 8 (176,402 parameters and 8.9 M
+multiply-accumulates an image, against 11.2 M and 555 M at width 64) on 128 random images, through
+the same train.fit, checkpoints and commands as the recipe: a step takes milliseconds, so tests of
+resuming, refusing and stopping are quick.
+What depends on the width (parameter count, shapes, torchvision's layers, a full-width training
+step) is tested at width 64 (test_model.py, the full_width_checkpoint fixture).
+
+python tests/tiny.py CHECKPOINT EPOCHS [HOLD]   train the tiny configuration, as helpers.train's CLI would;
+                                                with HOLD, wait in epoch 2 to be stopped (hold_in_epoch)
 """
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -12,7 +21,7 @@ import torch
 from helpers import config, data, train
 from helpers.data import Datasets, Split
 
-TINY = config.QUICK.replace(name="tiny", epochs=2, batch_size=32, plateau_patience=0, checkpoint_every_s=0)
+TINY = config.QUICK.replace(name="tiny", width=8, epochs=2, batch_size=32, plateau_patience=0, checkpoint_every_s=0)
 MEASURED = [
     "epoch",
     "train_loss",
@@ -37,10 +46,28 @@ def tiny_datasets() -> Datasets:
     return Datasets(train_split, held_out, held_out, *data.channel_stats(train_split.images))
 
 
-def main(checkpoint: str, epochs: str) -> int:
+def hold_in_epoch(epoch: int, mark: Path) -> None:
+    """From now on, train.fit stops in `epoch` once its steps are done, before the epoch ends: it creates
+    `mark` and waits (at most ten minutes) for a signal. Epochs take milliseconds, so a test that stops a
+    run mid-epoch stops it here, at a known moment. A run that finds `mark` already there never waits."""
+    real_epoch = train.train_epoch
+
+    def held(run, split):
+        result = real_epoch(run, split)
+        if run.epoch + 1 == epoch and not mark.exists():  # run.epoch counts the finished epochs
+            mark.touch()
+            time.sleep(600)
+        return result
+
+    train.train_epoch = held
+
+
+def main(checkpoint: str, epochs: str, hold: str | None = None) -> int:
     """The tiny configuration trained on CPU as `python -m helpers.train` trains: exit 130 on Ctrl-C."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started with SIGINT ignored
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # or blocked
+    if hold:
+        hold_in_epoch(2, Path(hold))
     try:
         train.fit(TINY.replace(epochs=int(epochs)), tiny_datasets(), device="cpu", checkpoint_path=Path(checkpoint))
     except KeyboardInterrupt:

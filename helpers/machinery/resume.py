@@ -82,7 +82,7 @@ def decide(cfg: Config, path: Path, data: str, device_type: str, fresh: bool = F
 
 def differences(cfg: Config, data: str, state: dict) -> dict[str, tuple]:
     """{setting: (value in the checkpoint, value now)} for every setting that must match, and the data."""
-    saved = {**state["config"], "data": state.get("data")}
+    saved = {**Config().as_dict(), **state["config"], "data": state.get("data")}  # settings added since: defaults
     current = {**cfg.as_dict(), "data": data}
     return {
         key: (saved.get(key), value)
