@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tarfile
 import zlib
 from collections import Counter
@@ -21,6 +20,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from . import config
+from .machinery.atomic import replacing
+from .machinery.faults import reason
 from .machinery.progress import progress
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -90,16 +91,14 @@ def read_cache(path: Path) -> dict[str, Split]:
         saved = torch.load(path, weights_only=True)
     except Exception as exc:
         raise DataError(
-            f"The decoded-data cache {config.shown_path(path)} is unreadable ({exc}); delete it to rebuild."
+            f"The decoded-data cache {config.shown_path(path)} is unreadable ({reason(exc)}); delete it to rebuild."
         ) from exc
     return {name: Split(*saved[name]) for name in ("train", "test")}
 
 
 def write_cache(splits: dict[str, Split], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    torch.save({name: (s.images, s.labels) for name, s in splits.items()}, partial)
-    os.replace(partial, path)  # never a half-written cache
+    with replacing(path) as file:  # never a half-written cache, whoever else writes it at the same time
+        torch.save({name: (s.images, s.labels) for name, s in splits.items()}, file)
 
 
 def read_torchvision(data_dir: Path) -> dict[str, Split]:
@@ -129,6 +128,8 @@ def read_torchvision(data_dir: Path) -> dict[str, Split]:
 
 def read_image_folders(source: Path, per_class: dict[str, int] = PER_CLASS) -> dict[str, Split]:
     """Decode <root>/{train,test}/<class>/<image> from a folder or a .tar/.tar.gz of one."""
+    if source.is_file() and source.stat().st_size == 0:
+        raise DataError(f"{source.name} is empty (0 bytes): a download or copy that failed; copy it again.")
     files = archive_files(source) if source.is_file() else folder_files(source)
     grouped = group_by_split_and_class(files, source)
     check_counts(grouped, per_class, source)
@@ -143,8 +144,10 @@ def archive_files(path: Path):
                 file = archive.extractfile(member) if member.isfile() else None  # None for links and folders
                 if file is not None:
                     yield member.name, file.read()
+    except PermissionError as exc:
+        raise DataError(f"{path.name} cannot be read ({reason(exc)}): ask for read permission.") from exc
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise DataError(f"{path.name} is truncated or not a tar archive ({exc}).") from exc
+        raise DataError(f"{path.name} is truncated or not a tar archive ({reason(exc)}): copy it again.") from exc
 
 
 def folder_files(root: Path):
@@ -152,7 +155,11 @@ def folder_files(root: Path):
         raise DataError(f"CIFAR-10 source {root} is neither a folder nor an archive.")
     for path in sorted(root.rglob("*")):
         if path.is_file():
-            yield str(path.relative_to(root)), path.read_bytes()
+            name = str(path.relative_to(root))
+            try:
+                yield name, path.read_bytes()
+            except OSError as exc:
+                raise DataError(f"{root.name}: {name} cannot be read ({reason(exc)}).") from exc
 
 
 def group_by_split_and_class(files, source: Path) -> dict[str, dict[str, list[tuple[str, bytes]]]]:
@@ -200,7 +207,7 @@ def decode_image(name: str, data: bytes) -> np.ndarray:
                 raise DataError(f"{name} is {image.size[0]}x{image.size[1]}; CIFAR-10 images are 32x32.")
             return np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"{name} could not be decoded as an image ({exc}).") from exc
+        raise DataError(f"{name} could not be decoded as an image ({reason(exc)}).") from exc
 
 
 # ---------------------------------------------------------------- splits and statistics

@@ -26,6 +26,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, DeadKernelError
 
 from . import config
+from .machinery.atomic import replacing
 from .machinery.execution import Execution, resolve
 
 NOTEBOOK_DIR = config.REPO_ROOT / "notebooks"
@@ -96,9 +97,8 @@ def execute(path) -> None:
         on_notebook_start=lambda notebook: pass_ctrl_c_to_the_kernel(client),
     )
     client.execute()
-    partial = path.with_name(path.name + ".partial")
-    nbformat.write(notebook, partial)
-    os.replace(partial, path)  # a notebook is never left half written
+    with replacing(path, "w", encoding="utf-8") as file:  # a notebook is never left half written
+        nbformat.write(notebook, file)
 
 
 def pass_ctrl_c_to_the_kernel(client: NotebookClient) -> None:

@@ -14,6 +14,7 @@ resuming from a checkpoint gives the same history as never stopping.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -33,11 +34,11 @@ from .augment import augment
 from .config import Config
 from .data import DataError, Datasets, Split, prepare
 from .evaluate import logits
-from .machinery import checkpoint
+from .machinery import checkpoint, lock
 from .machinery.device import DeviceError, resolve_device
 from .machinery.execution import CHOICES, Execution, resolve
 from .machinery.progress import live_curves, progress
-from .machinery.resume import capture, decide, restore
+from .machinery.resume import Plan, capture, decide, restore
 from .model import resnet18
 
 
@@ -175,19 +176,31 @@ def fit(
     What happens with an existing checkpoint is resume.decide's rule, the same for every caller: a
     finished run of this configuration is reused, a partial one resumed, another one refused;
     `fresh` starts again and keeps the old checkpoint aside; `resume` (--resume) requires one.
+    While it may write, fit holds the run's lock (machinery/lock.py): a second trainer of the same
+    checkpoint is refused at once, naming the first.
     """
     cfg = cfg or config.active_config()
     check_config(cfg)
     execution = device if isinstance(device, Execution) else resolve(resolve_device(device), cfg.precision)
     datasets = datasets or prepare(cfg)
     path = Path(checkpoint_path or config.checkpoint_path(cfg))
+    try:
+        held = lock.exclusive(path)  # one writer per run, for as long as fit may write
+    except lock.RunBusy as busy:
+        return reuse_beside_the_writer(busy, cfg, datasets, execution, path, fresh)
+    with held:
+        return train_or_reuse(cfg, datasets, execution, path, fresh, resume)
+
+
+def train_or_reuse(
+    cfg: Config, datasets: Datasets, execution: Execution, path: Path, fresh: bool, resume: bool
+) -> pd.DataFrame:
+    """resume.decide's rule, applied by the run's one writer."""
     plan = decide(cfg, path, datasets.label, execution.device.type, fresh=fresh, required=resume)
     if plan.message:
         print(plan.message, flush=True)
     if plan.action == "reuse" and plan.state is not None:
-        history = history_frame(plan.state["history"])
-        live_curves().show(history)
-        return history
+        return reused(plan.state)
     run = new_run(cfg, execution, datasets.mean, datasets.std, datasets.label)
     if plan.action == "resume" and plan.state is not None:
         restore(run, plan.state)
@@ -195,6 +208,27 @@ def fit(
     history = history_frame(run.history)
     path.with_name("metrics.json").write_text(json.dumps(summarize(history, datasets.label), indent=2))
     return history
+
+
+def reused(state: dict) -> pd.DataFrame:
+    history = history_frame(state["history"])
+    live_curves().show(history)
+    return history
+
+
+def reuse_beside_the_writer(
+    busy: lock.RunBusy, cfg: Config, datasets: Datasets, execution: Execution, path: Path, fresh: bool
+) -> pd.DataFrame:
+    """Another process holds the run. Reading needs no lock: a finished run of this configuration is
+    still reused. Anything else would write (train, resume, set aside), so it is refused."""
+    plan: Plan | None = None
+    if not fresh:
+        with contextlib.suppress(checkpoint.CheckpointError):  # the refusal says more than a mismatch would
+            plan = decide(cfg, path, datasets.label, execution.device.type)
+    if plan is None or plan.action != "reuse" or plan.state is None:
+        raise busy
+    print(plan.message, flush=True)
+    return reused(plan.state)
 
 
 def train_epochs(run: Run, datasets: Datasets, path: Path) -> None:

@@ -1,6 +1,9 @@
 """Classifying image files: the top class equals an independent fp32 forward pass, preprocessing equals
 torchvision's, any mode and size is accepted, folders are expanded, and bad input is a one-line error."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -72,7 +75,7 @@ def test_any_size_and_mode_becomes_what_torchvision_makes_of_it(tmp_path):
 def test_a_folder_stands_for_every_image_file_in_it(tiny_checkpoint, pngs, tmp_path, capsys):
     paths, _ = pngs
     (tmp_path / "notes.txt").write_text("not an image")
-    assert predict.image_files([tmp_path]) == sorted(paths)
+    assert predict.image_files([tmp_path]) == (sorted(paths), [])
     assert predict.main(["--checkpoint", str(tiny_checkpoint), "--device", "cpu", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("Each image: RGB, shorter side resized to 32 px, centre-cropped to 32x32")
@@ -105,3 +108,92 @@ def test_bad_input_is_a_one_line_error_and_exit_2(tiny_checkpoint, pngs, tmp_pat
     torch.save({"weights": torch.zeros(3)}, tmp_path / "plain.pt")
     assert "not a checkpoint of this project" in run_cli(capsys, "--checkpoint", tmp_path / "plain.pt", good)
     assert "No checkpoint at" in run_cli(capsys, "--checkpoint", tmp_path / "none.pt", good)
+
+
+# ---------------------------------------------------------------- names, depths, and one bad file among good ones
+
+
+def test_names_are_the_shortest_distinct_ends_of_the_paths():
+    files = [Path(p) for p in ("x/a/cat.png", "y/a/cat.png", "b/cat.png", "dog.png", "b/cat.png")]
+    assert predict.distinct_names(files) == ["x/a/cat.png", "y/a/cat.png", "b/cat.png", "dog.png", "b/cat.png"]
+
+
+def test_two_images_with_one_name_are_told_apart(tiny_checkpoint, pngs, tmp_path, monkeypatch, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(pngs[0][int(folder == "b")], tmp_path / folder / "cat.png")
+    monkeypatch.chdir(tmp_path)
+    for arguments in (["a/cat.png", "b/cat.png"], [str(tmp_path / "a" / "cat.png"), str(tmp_path / "b")]):
+        assert predict.main(["--checkpoint", str(tiny_checkpoint), "--device", "cpu", *arguments]) == 0
+        rows = capsys.readouterr().out.splitlines()[2:]
+        assert [row.split()[0] for row in rows] == ["a/cat.png", "b/cat.png"]
+
+
+def grey_pixels() -> np.ndarray:
+    """A 40x48 grey image with every 8-bit value in it: resized and cropped on the way in."""
+    return np.random.default_rng(1).permutation(np.arange(40 * 48) % 256).reshape(40, 48).astype(np.uint8)
+
+
+def test_one_grey_image_at_any_depth_gets_the_same_probabilities(tiny_checkpoint, tmp_path):
+    grey = grey_pixels()
+    versions = {
+        "8-bit.png": Image.fromarray(grey, "L"),
+        "16-bit.png": Image.fromarray(grey.astype(np.uint16) * 257),  # 0..255 -> 0..65535, as an image editor does
+        "float.tiff": Image.fromarray(grey.astype(np.float32) / 255),
+        "int32.tiff": Image.fromarray(grey.astype(np.int32) << 23),  # the top 8 of 31 value bits
+    }
+    for name, image in versions.items():
+        image.save(tmp_path / name)
+    assert Image.open(tmp_path / "16-bit.png").mode in ("I;16", "I") and Image.open(tmp_path / "float.tiff").mode == "F"
+    result = predict.classify([tmp_path / name for name in versions], tiny_checkpoint, device="cpu")
+    assert len(result.probs) == 4 and result.problems == []
+    for probs in result.probs[1:]:
+        assert (probs - result.probs[0]).abs().max() < 0.01  # within one point
+    reference = transforms.Compose([transforms.Resize(32), transforms.CenterCrop(32), transforms.PILToTensor()])
+    assert torch.equal(result.images[0], reference(Image.fromarray(grey, "L").convert("RGB")))
+
+
+def test_deeper_images_are_scaled_as_torchvisions_todtype_scales_them(tmp_path):
+    """By hand: an integer keeps its top 8 bits (v >> 8 for 16 bits); a float v in [0, 1] becomes
+    floor(v * 255.999) (torchvision multiplies by 256 less 1e-3)."""
+    rng = np.random.default_rng(2)
+    deep = rng.integers(0, 65536, (32, 32), dtype=np.uint16)
+    unit = rng.random((32, 32), dtype=np.float32)
+    Image.fromarray(deep).save(tmp_path / "16-bit.png")
+    Image.fromarray(deep.astype(">u2")).save(tmp_path / "big-endian.tiff")
+    Image.fromarray(unit).save(tmp_path / "float.tiff")
+    expected = {
+        "16-bit.png": deep >> 8,
+        "big-endian.tiff": deep >> 8,
+        "float.tiff": np.floor(unit * np.float32(255.999)),
+    }
+    for name, eight_bit in expected.items():
+        seen = predict.network_input(tmp_path / name)
+        assert torch.equal(seen, torch.from_numpy(eight_bit.astype(np.uint8)).expand(3, 32, 32)), name
+
+
+def test_what_cannot_be_read_faithfully_is_refused_in_one_line(tmp_path):
+    Image.fromarray(grey_pixels().astype(np.float32)).save(tmp_path / "0-255.tiff")  # floats, but not in [0, 1]
+    Image.fromarray(grey_pixels().astype(np.int32) - 128).save(tmp_path / "negative.tiff")
+    for name, said in (
+        ("0-255.tiff", "0-255.tiff cannot be read faithfully: its floating-point values run from 0 to 255, not within"),
+        ("negative.tiff", "negative.tiff cannot be read faithfully: it holds negative pixel values (down to -128)"),
+    ):
+        with pytest.raises(predict.PredictError) as refused:
+            predict.network_input(tmp_path / name)
+        assert said in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_broken_file_between_two_good_ones_leaves_both_good_rows(tiny_checkpoint, pngs, tmp_path, capsys):
+    paths, images = pngs
+    (tmp_path / "broken.png").write_bytes(paths[1].read_bytes()[:60])  # a PNG cut short
+    arguments = [paths[0], tmp_path / "broken.png", tmp_path / "missing.png", paths[2]]
+    assert predict.main(["--checkpoint", str(tiny_checkpoint), "--device", "cpu", *map(str, arguments)]) == 3
+    captured = capsys.readouterr()
+    said = captured.err.splitlines()
+    assert len(said) == 2 and "error: missing.png does not exist." in said
+    assert any(line.startswith("error: broken.png is not an image that can be read (") for line in said)
+    rows = [line.split() for line in captured.out.splitlines()[2:]]
+    expected = independent_probabilities(tiny_checkpoint, images[[0, 2]]).argmax(1)
+    assert [row[0] for row in rows] == ["0.png", "2.png"]
+    assert [row[1] for row in rows] == [CLASSES[i] for i in expected]

@@ -20,6 +20,7 @@ import torch
 
 from helpers import config, data, train
 from helpers.data import Datasets, Split
+from helpers.machinery.checkpoint import CheckpointError
 
 TINY = config.QUICK.replace(name="tiny", width=8, epochs=2, batch_size=32, plateau_patience=0, checkpoint_every_s=0)
 MEASURED = [
@@ -63,7 +64,8 @@ def hold_in_epoch(epoch: int, mark: Path) -> None:
 
 
 def main(checkpoint: str, epochs: str, hold: str | None = None) -> int:
-    """The tiny configuration trained on CPU as `python -m helpers.train` trains: exit 130 on Ctrl-C."""
+    """The tiny configuration trained on CPU as `python -m helpers.train` trains: exit 130 on Ctrl-C, and
+    a refusal (another configuration, another trainer of the run) one line and exit 2."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started with SIGINT ignored
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # or blocked
     if hold:
@@ -72,6 +74,9 @@ def main(checkpoint: str, epochs: str, hold: str | None = None) -> int:
         train.fit(TINY.replace(epochs=int(epochs)), tiny_datasets(), device="cpu", checkpoint_path=Path(checkpoint))
     except KeyboardInterrupt:
         return 130
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

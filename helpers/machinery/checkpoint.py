@@ -1,14 +1,19 @@
-"""Checkpoints: written atomically, read without running code, checked against the model they load into."""
+"""Checkpoints: written atomically, read without running code, checked against the model they load into.
+
+Every file that cannot be used (missing, a folder, empty, truncated, unreadable, foreign, weights that
+are not finite) is a CheckpointError of one line that names it and says what to do.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..config import shown_path
+from .atomic import replacing
+from .faults import reason
 
 ARCHITECTURE = "resnet18-cifar-stem"  # what helpers.model.resnet18 builds; stored in every checkpoint
 FORMAT = 2  # what a checkpoint holds: 2 adds the data label and the execution (resume.capture)
@@ -19,31 +24,16 @@ class CheckpointError(RuntimeError):
 
 
 def save(state: dict, path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves a broken file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as file:
+    """Write to a temporary file of this writer's beside `path`, then rename: a crash never leaves a
+    broken file, and a reader never sees half of one."""
+    with replacing(Path(path)) as file:
         torch.save(state, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
 
 
 def load(path: Path) -> dict:
     """The checkpoint's contents, loaded with weights_only=True so that it cannot run code."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"No checkpoint at {shown_path(path)}: train first (notebook 03 or "
-            "`python -m helpers.train`), or pass the path of one."
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{shown_path(path)} is not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})."
-        ) from exc
+    state = read(path)
     if not isinstance(state, dict) or state.get("architecture") != ARCHITECTURE:
         found = state.get("architecture", "no architecture tag") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{shown_path(path)} is not a checkpoint of this project's {ARCHITECTURE} ({found}).")
@@ -53,7 +43,52 @@ def load(path: Path) -> dict:
             f"{state.get('format', 1)}, this one reads {FORMAT}): train again with --fresh or "
             "fit(..., fresh=True), which keeps it aside, or use that version."
         )
+    refuse_weights_that_are_not_finite(state, path)
     return state
+
+
+AGAIN = "copy it again, or train again with --fresh or fit(..., fresh=True), which keeps it aside"
+
+
+def read(path: Path) -> object:
+    """The file's contents, unpickled without running code; CheckpointError if it cannot be read."""
+    shown = shown_path(path)
+    try:
+        if path.is_dir():
+            inside = " (the checkpoint.pt inside it?)" if (path / "checkpoint.pt").is_file() else ""
+            raise CheckpointError(f"{shown} is a folder, not a checkpoint: pass the checkpoint file{inside}.")
+        if not path.exists():
+            raise CheckpointError(
+                f"No checkpoint at {shown}: train first (notebook 03 or `python -m helpers.train`), or pass the path of one."
+            )
+        if not path.is_file():
+            raise CheckpointError(f"{shown} is not a file but a device or pipe: pass the path of a checkpoint file.")
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{shown} is empty (0 bytes): a disk that filled up or a copy that failed; {AGAIN}.")
+        with open(path, "rb") as file:
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except PermissionError as exc:
+        raise CheckpointError(
+            f"{shown} cannot be read ({reason(exc)}): ask for read permission, or copy it where you can read it."
+        ) from exc
+    except Exception as exc:
+        raise CheckpointError(
+            f"{shown} is not a readable checkpoint ({reason(exc)}): it may be truncated or not a checkpoint; {AGAIN}."
+        ) from exc
+
+
+def refuse_weights_that_are_not_finite(state: dict, path: Path) -> None:
+    """NaN or infinite weights give NaN probabilities: refuse them where they are loaded, for every command."""
+    weights = state.get("model")
+    for key, tensor in weights.items() if isinstance(weights, dict) else ():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(
+                f"{shown_path(path)} holds weights that are not finite (NaN or infinity in {key}): "
+                "the run diverged or the file was damaged; train again with --fresh or fit(..., fresh=True), "
+                "which keeps it aside."
+            )
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str = "the checkpoint") -> None:
