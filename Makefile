@@ -1,7 +1,10 @@
 # The two commands of the README, plus a few conveniences.
-#   make series   run notebooks 01-04 top to bottom with the full recipe (QUICK=1: quick configuration)
+#   make series   run notebooks 01-04 top to bottom with the full recipe (QUICK=1: quick configuration;
+#                 FRESH=1: train again from scratch, the old checkpoint kept aside)
 #   make test     lint, then unit tests and `pytest --nbval notebooks/` in the quick configuration (what CI runs)
 #   make lint     ruff (lint and format check) and mypy alone; make format applies the formatter
+#   make clean    build outputs and caches of the tests; never a trained run
+#   make delete-runs   deletes runs/ (checkpoints, histories, metrics), listing each checkpoint first
 # Each creates .venv inside the repo on first use (the exact versions of constraints.txt) and reuses it.
 
 PYTHON ?= python3
@@ -9,13 +12,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# Real CIFAR-10 (as JPEGs) beside the checkout on the project's machines; users download instead.
-SHARED_DATA := $(wildcard ../shared/data/cifar10-jpeg.tar.gz)
-ifneq ($(SHARED_DATA),)
-export CIFAR10_DATA ?= $(abspath $(SHARED_DATA))
-endif
+# Where the data comes from is helpers/config.py's data_source(), the same inside and outside make.
 
-.PHONY: series test lint format lab bench clean
+.PHONY: series test lint format lab bench clean delete-runs
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 series: $(STAMP)
-	$(PY) -m helpers.series $(if $(QUICK),--quick)
+	$(PY) -m helpers.series $(if $(QUICK),--quick) $(if $(FRESH),--fresh)
 
 test: export CIFAR10_QUICK := 1
 test: export CIFAR10_OUTPUT := build/test
@@ -50,4 +49,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/training_throughput.py --save
 
 clean:
-	rm -rf build runs .pytest_cache
+	rm -rf build .pytest_cache
+
+delete-runs:
+	@if [ -d runs ]; then \
+		echo "deleting runs/, with these trained checkpoints:"; find runs -name '*.pt' | sort | sed 's/^/  /'; \
+		rm -rf runs; \
+	else echo "no runs/ to delete"; fi

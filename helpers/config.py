@@ -5,9 +5,10 @@ module for sizes and paths instead of hard-coding them. Environment variables ch
 configurations, so that `pytest --nbval` (whose kernels inherit the environment) runs quickly:
 
     CIFAR10_QUICK=1        the quick configuration (a small real subset, 2 epochs)
-    CIFAR10_DATA=PATH      an image-folder tree or a .tar/.tar.gz of one, instead of torchvision's download
+    CIFAR10_DATA=PATH      an image-folder tree or a .tar/.tar.gz of one (see data_source for the default)
     CIFAR10_OUTPUT=DIR     where figs/ and runs/ are written (default: the repository)
     CIFAR10_PROGRESS=MODE  progress bars: auto (default), terminal (the launching terminal), off
+    CIFAR10_FRESH=1        training starts again, keeping the old checkpoint aside (`make series FRESH=1`)
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT / "data"  # torchvision downloads and the decoded-tensor cache
+# The project's own machines cannot download: a JPEG copy of CIFAR-10 lies beside the checkout there.
+SHARED_COPY = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 @dataclass(frozen=True)
@@ -80,16 +83,25 @@ def active_config() -> Config:
 
 
 def data_source() -> str | None:
-    """A path to image folders or an archive, or None for torchvision's download into data/."""
-    return os.environ.get("CIFAR10_DATA") or None
+    """Where every command and notebook finds CIFAR-10, in this order: CIFAR10_DATA (image folders or an
+    archive; --data on the command line overrides it), else the JPEG copy at ../shared/data/ beside the
+    checkout when it is there, else None: torchvision's download into data/."""
+    if os.environ.get("CIFAR10_DATA"):
+        return os.environ["CIFAR10_DATA"]
+    return str(SHARED_COPY) if SHARED_COPY.exists() else None
 
 
 def data_label(source: str | Path | None = None) -> str:
-    """How results name their data: a JPEG copy of CIFAR-10 is not the original (its pixels differ)."""
-    source = data_source() if source is None else source
-    if source is None:
-        return "CIFAR-10"
-    return "CIFAR-10 (JPEG copy)" if "jpeg" in Path(source).name.lower() else "CIFAR-10 (image folders)"
+    """How results name the data (default: data_source()), by its content: "CIFAR-10", "CIFAR-10 (JPEG
+    copy)" (its pixels differ from the original's) or "image folders: NAME". See data.label_of."""
+    from .data import label_of  # data imports this module
+
+    return label_of(source)
+
+
+def fresh_start() -> bool:
+    """CIFAR10_FRESH: train.fit starts again (keeping the old checkpoint aside) unless told otherwise."""
+    return os.environ.get("CIFAR10_FRESH", "").lower() in {"1", "true", "yes"}
 
 
 def output_root() -> Path:

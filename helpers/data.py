@@ -1,13 +1,17 @@
 """CIFAR-10 as uint8 tensors: from torchvision's download or from image folders, cached once decoded.
 
+The cache is the data or nothing (machinery/cache.py): it is used only while the source holds what it
+held when the cache was made and the tensors match their checksum; otherwise one line says why and the
+source is decoded again, so that its counts and images are checked again.
+
 The whole data set is 60,000 x 3 x 32 x 32 bytes (184 MB), small enough to keep on the training
 device and augment there in batches (see augment.py), so there is no DataLoader here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
+import sys
 import tarfile
 import zlib
 from collections import Counter
@@ -20,14 +24,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from . import config
-from .machinery.atomic import replacing
+from .machinery import cache, fingerprint
 from .machinery.faults import reason
 from .machinery.progress import progress
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PER_CLASS = {"train": 5000, "test": 1000}  # CIFAR-10's images per class in each split
 IMAGE_SHAPE = (3, 32, 32)
-CACHE_VERSION = 1  # bump when the cached format changes
 
 
 class DataError(RuntimeError):
@@ -56,49 +59,100 @@ class Datasets:
     mean: tuple[float, float, float]  # per channel, in [0, 1], of the training split
     std: tuple[float, float, float]
     label: str = "CIFAR-10"  # how results name the data, e.g. "CIFAR-10 (JPEG copy)"
+    fingerprint: str | None = None  # checksum of all 60,000 decoded images and labels (Raw.fingerprint)
     classes: tuple[str, ...] = CLASSES
 
 
 # ---------------------------------------------------------------- loading the raw splits
 
+ENTRIES = ("train/images", "train/labels", "test/images", "test/labels")  # what a cache must hold
+
+
+@dataclass
+class Raw:
+    """CIFAR-10's train and test splits as loaded, what they are called and what they hold."""
+
+    splits: dict[str, Split]
+    label: str  # "CIFAR-10", "CIFAR-10 (JPEG copy)" or "image folders: NAME", from the content
+    fingerprint: str  # checksum of the tensors: equal for equal pixels and labels
+
+
+def load(
+    source: str | Path | None = None, data_dir: Path | None = None, per_class: dict[str, int] | None = None
+) -> Raw:
+    """The splits of `source` (image folders or an archive; None: torchvision's download into data_dir),
+    from the cache when it is of the source as it is now and intact, else decoded and cached anew
+    (with one line saying why, when a cache was there)."""
+    data_dir = config.DATA_DIR if data_dir is None else Path(data_dir)
+    held = where_held(source, data_dir)
+    path = cache_path(source, data_dir)
+    listing = fingerprint.contents(held) if held.exists() else None
+    if listing is not None:
+        try:
+            cached = cache.read(path, listing, ENTRIES)
+        except cache.Unusable as why:
+            print(f"{why}; decoding the source again.", file=sys.stderr, flush=True)
+            path.unlink(missing_ok=True)
+        else:
+            if cached is not None:
+                splits = {
+                    name: Split(cached.tensors[f"{name}/images"], cached.tensors[f"{name}/labels"])
+                    for name in ("train", "test")
+                }
+                return Raw(splits, cached.label, cached.checksum)
+    if source is None:
+        splits, label = read_torchvision(data_dir), "CIFAR-10"
+    else:
+        splits, label = read_image_folders(Path(source), per_class or PER_CLASS)
+    listing = listing or fingerprint.contents(held)  # taken before decoding: a change meanwhile shows next time
+    tensors = {
+        f"{name}/{part}": getattr(split, part) for name, split in splits.items() for part in ("images", "labels")
+    }
+    return Raw(splits, label, cache.write(path, tensors, label, listing, held))
+
 
 def load_raw(
-    source: str | Path | None = None, data_dir: Path = config.DATA_DIR, per_class: dict[str, int] = PER_CLASS
+    source: str | Path | None = None, data_dir: Path | None = None, per_class: dict[str, int] | None = None
 ) -> dict[str, Split]:
     """CIFAR-10's train and test splits: `source` is image folders or an archive; None downloads."""
-    cache = cache_path(source, data_dir)
-    if cache.exists():
-        return read_cache(cache)
-    splits = read_torchvision(data_dir) if source is None else read_image_folders(Path(source), per_class)
-    write_cache(splits, cache)
-    return splits
+    return load(source, data_dir, per_class).splits
 
 
-def cache_path(source: str | Path | None, data_dir: Path) -> Path:
-    """Where decoded tensors are cached: keyed by the source's name, size and modification time."""
+def where_held(source: str | Path | None, data_dir: Path) -> Path:
+    """The folder or archive whose contents the cache must match."""
     if source is None:
-        return data_dir / "cache" / f"torchvision-v{CACHE_VERSION}.pt"
+        return data_dir / "cifar-10-batches-py"
     source = Path(source)
     if not source.exists():
         raise DataError(f"CIFAR-10 source {source} does not exist (set by CIFAR10_DATA or --data).")
-    stat = source.stat()
-    key = hashlib.sha1(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return data_dir / "cache" / f"{source.name.split('.')[0]}-{key}-v{CACHE_VERSION}.pt"
+    return source
 
 
-def read_cache(path: Path) -> dict[str, Split]:
-    try:
-        saved = torch.load(path, weights_only=True)
-    except Exception as exc:
-        raise DataError(
-            f"The decoded-data cache {config.shown_path(path)} is unreadable ({reason(exc)}); delete it to rebuild."
-        ) from exc
-    return {name: Split(*saved[name]) for name in ("train", "test")}
+def cache_path(source: str | Path | None, data_dir: Path) -> Path:
+    """One cache file per source: data/cache/<name>-<hash of its path>-v<version>.pt."""
+    if source is None:
+        return cache.path_for(data_dir / "cache", "torchvision")
+    return cache.path_for(data_dir / "cache", source_name(Path(source)), Path(source))
 
 
-def write_cache(splits: dict[str, Split], path: Path) -> None:
-    with replacing(path) as file:  # never a half-written cache, whoever else writes it at the same time
-        torch.save({name: (s.images, s.labels) for name, s in splits.items()}, file)
+def source_name(source: Path) -> str:
+    """A folder's name, or an archive's without .tar, .tar.gz, .tgz."""
+    name = source.name
+    for suffix in (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def label_of(source: str | Path | None = None, data_dir: Path | None = None) -> str:
+    """How results name the data of `source` (default: config.data_source()), by its content: recorded in
+    the cache when that is of the source as it is now, else found by loading it."""
+    source = config.data_source() if source is None else source
+    if source is None:
+        return "CIFAR-10"
+    data_dir = config.DATA_DIR if data_dir is None else Path(data_dir)
+    held = where_held(source, data_dir)
+    return cache.label(cache_path(source, data_dir), fingerprint.contents(held)) or load(source, data_dir).label
 
 
 def read_torchvision(data_dir: Path) -> dict[str, Split]:
@@ -126,14 +180,18 @@ def read_torchvision(data_dir: Path) -> dict[str, Split]:
 # ---------------------------------------------------------------- image folders and archives
 
 
-def read_image_folders(source: Path, per_class: dict[str, int] = PER_CLASS) -> dict[str, Split]:
-    """Decode <root>/{train,test}/<class>/<image> from a folder or a .tar/.tar.gz of one."""
+def read_image_folders(source: Path, per_class: dict[str, int] = PER_CLASS) -> tuple[dict[str, Split], str]:
+    """Decode <root>/{train,test}/<class>/<image> from a folder or a .tar/.tar.gz of one; the splits and
+    their label: "CIFAR-10 (JPEG copy)" when every image is a JPEG, else "image folders: <name>"."""
     if source.is_file() and source.stat().st_size == 0:
         raise DataError(f"{source.name} is empty (0 bytes): a download or copy that failed; copy it again.")
     files = archive_files(source) if source.is_file() else folder_files(source)
     grouped = group_by_split_and_class(files, source)
     check_counts(grouped, per_class, source)
-    return {split: decode_split(grouped[split], split) for split in ("train", "test")}
+    decoded = {split: decode_split(grouped[split], split) for split in ("train", "test")}
+    formats = set().union(*(found for _, found in decoded.values()))
+    label = "CIFAR-10 (JPEG copy)" if formats == {"JPEG"} else f"image folders: {source_name(source)}"
+    return {split: images for split, (images, _) in decoded.items()}, label
 
 
 def archive_files(path: Path):
@@ -189,23 +247,26 @@ def check_counts(grouped: dict, per_class: dict[str, int], source: Path) -> None
                 raise DataError(f"{source.name}: '{split}/{cls}' holds {found} images, expected {expected}.")
 
 
-def decode_split(by_class: dict[str, list[tuple[str, bytes]]], split: str) -> Split:
-    """Decode in CIFAR-10's label order, files sorted by name within a class."""
+def decode_split(by_class: dict[str, list[tuple[str, bytes]]], split: str) -> tuple[Split, set[str]]:
+    """Decode in CIFAR-10's label order, files sorted by name within a class; the file formats found."""
     items = [(label, item) for label, cls in enumerate(CLASSES) for item in sorted(by_class[cls])]
     images = np.empty((len(items), 32, 32, 3), dtype=np.uint8)
+    formats = set()
     for i, (_, (name, data)) in enumerate(progress(items, desc=f"decoding {split}", unit="img", leave=False)):
-        images[i] = decode_image(name, data)
+        images[i], found = decode_image(name, data)
+        formats.add(found)
     labels = torch.tensor([label for label, _ in items], dtype=torch.int64)
-    return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels)
+    return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels), formats
 
 
-def decode_image(name: str, data: bytes) -> np.ndarray:
+def decode_image(name: str, data: bytes) -> tuple[np.ndarray, str]:
+    """(32, 32, 3) RGB pixels of one image file, and its format as PIL names it (JPEG, PNG, ...)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             if image.size != (32, 32):
                 raise DataError(f"{name} is {image.size[0]}x{image.size[1]}; CIFAR-10 images are 32x32.")
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(image.convert("RGB")), str(image.format)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"{name} could not be decoded as an image ({reason(exc)}).") from exc
 
@@ -248,13 +309,13 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tup
 
 
 def prepare(
-    cfg: config.Config | None = None, source: str | Path | None = None, data_dir: Path = config.DATA_DIR
+    cfg: config.Config | None = None, source: str | Path | None = None, data_dir: Path | None = None
 ) -> Datasets:
     """The train / validation / test splits of a configuration, and the training split's statistics."""
     cfg = cfg or config.active_config()
     source = config.data_source() if source is None else source
-    raw = load_raw(source, data_dir)
-    train, test = raw["train"], raw["test"]
+    raw = load(source, data_dir)
+    train, test = raw.splits["train"], raw.splits["test"]
     if cfg.test_limit:
         test = test.subset(stratified_split(test.labels, cfg.test_limit, cfg.seed)[1])
     if cfg.val_from_test:  # the original README's protocol: validation on the test set
@@ -265,7 +326,7 @@ def prepare(
     if cfg.train_limit:
         train = train.subset(stratified_split(train.labels, cfg.train_limit, cfg.seed + 1)[1])
     mean, std = channel_stats(train.images)
-    return Datasets(train, val, test, mean, std, config.data_label(source))
+    return Datasets(train, val, test, mean, std, raw.label, raw.fingerprint)
 
 
 def class_counts(datasets: Datasets) -> pd.DataFrame:

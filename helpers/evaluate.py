@@ -186,13 +186,14 @@ def main(argv=None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Evaluate a checkpoint on the CIFAR-10 test set.",
     )
+    parser.add_argument("--quick", action="store_true", help="the quick configuration's run (runs/quick/)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: runs/<configuration>/checkpoint.pt")
-    parser.add_argument("--data", default=config.data_source(), help="as for helpers.train")
+    parser.add_argument("--data", default=None, help="as for helpers.train (default: the same lookup)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=CHOICES, default="auto", help="as for helpers.train")
     parser.add_argument("--tta", action="store_true", help="average each image with its mirror image")
     args = parser.parse_args(argv)
-    path = args.checkpoint or config.checkpoint_path()
+    path = args.checkpoint or config.checkpoint_path(config.QUICK if args.quick else None)
     try:
         execution = resolve(resolve_device(args.device), args.precision)
         model, state = load_model(path, execution)
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
         ("confusion_matrix", plots.confusion_matrix(cm)),
         ("confusion_matrix_normalized", plots.confusion_matrix(cm, normalize=True)),
     ):
-        print("wrote", config.shown_path(plots.save(fig, name, cfg)))
+        print("wrote", config.shown_path(plots.save(fig, name, folder=path.parent)))  # beside the run
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Every figure of the series, drawn one way and saved to figs/<configuration>/ as PNG."""
+"""Every figure of the series, drawn one way and saved as PNG: the notebooks' to figs/<configuration>/,
+the command line's beside the run they show."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from . import config
 sns.set_theme(context="notebook", style="whitegrid")
 
 
-def save(fig: plt.Figure, name: str, cfg: config.Config | None = None) -> Path:
-    """figs/<configuration>/<name>.png; returns the path."""
-    path = config.figs_dir(cfg) / f"{name}.png"
+def save(fig: plt.Figure, name: str, cfg: config.Config | None = None, folder: Path | None = None) -> Path:
+    """<folder>/<name>.png, by default figs/<configuration>/ (the series' figures); returns the path.
+    The command line passes the run's folder: figs/ changes only through the notebooks."""
+    path = (folder or config.figs_dir(cfg)) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Software": None})
     return path

@@ -199,11 +199,13 @@ def main(argv=None) -> int:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("images", nargs="+", help="image files, or folders of them")
+    parser.add_argument("--quick", action="store_true", help="the quick configuration's run (runs/quick/)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: runs/<configuration>/checkpoint.pt")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     try:
-        result = classify(args.images, args.checkpoint, args.device)
+        checkpoint = args.checkpoint or config.checkpoint_path(config.QUICK if args.quick else None)
+        result = classify(args.images, checkpoint, args.device)
     except NothingToClassify as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)

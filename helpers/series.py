@@ -2,12 +2,14 @@
 
     python -m helpers.series            # the full recipe (a GPU job: 50 epochs)
     python -m helpers.series --quick    # the quick configuration (minutes on a CPU)
+    python -m helpers.series --fresh    # train again from scratch, keeping the old checkpoint aside
 
 Progress bars inside the notebooks appear in this terminal (CIFAR10_PROGRESS=terminal), and the
 stored notebooks keep only their real outputs. Stopped and run again, the series carries on: 01 and
 02 run again (they are cheap), 03 resumes or reuses its checkpoint (train.fit's rule), 04 evaluates.
 Ctrl-C interrupts the running notebook's kernel, so that training saves its last finished epoch;
-a second Ctrl-C stops at once.
+a second Ctrl-C stops at once. A cell that fails is reported in one line naming the notebook and
+the cell, not with the kernel's traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 import nbformat
 import torch
@@ -83,9 +86,25 @@ def warn_without_gpu(cfg: config.Config) -> None:
     )
 
 
+@dataclass
+class CellFailed(Exception):
+    """A cell of a notebook raised; str() is one line naming the notebook, the cell and the error."""
+
+    notebook: str
+    cell: int | None  # 1-based position among all the notebook's cells, as a reader counts them
+    ename: str
+    evalue: str
+
+    def __str__(self) -> str:
+        where = f"{self.notebook}, cell {self.cell}" if self.cell else self.notebook
+        return f"{where}: {self.ename}: {' '.join(self.evalue.split())}"
+
+
 def execute(path) -> None:
-    """Run one notebook in a fresh kernel started in notebooks/, and store it with its outputs."""
+    """Run one notebook in a fresh kernel started in notebooks/, and store it with its outputs;
+    CellFailed if a cell raises (the notebook is then left as it was)."""
     notebook = nbformat.read(path, as_version=4)
+    failed: list[int] = []
     client: NotebookClient = NotebookClient(
         notebook,
         timeout=None,
@@ -95,8 +114,12 @@ def execute(path) -> None:
         extra_arguments=["--IPKernelApp.capture_fd_output=False"],
         record_timing=False,  # no timestamps in the stored notebooks
         on_notebook_start=lambda notebook: pass_ctrl_c_to_the_kernel(client),
+        on_cell_error=lambda cell, cell_index, execute_reply: failed.append(cell_index),
     )
-    client.execute()
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        raise CellFailed(path.name, failed[-1] + 1 if failed else None, exc.ename, exc.evalue) from None
     with replacing(path, "w", encoding="utf-8") as file:  # a notebook is never left half written
         nbformat.write(notebook, file)
 
@@ -121,37 +144,59 @@ def pass_ctrl_c_to_the_kernel(client: NotebookClient) -> None:
 
 def run(paths) -> int:
     """Execute the notebooks in order; 0 when all ran, 130 when interrupted, 1 when one failed."""
+    checkpoint_at_start = checkpoint_state()
     for path in paths:
         print(f"running {path.name} ({config.active_config().name} configuration) ...", flush=True)
         start = time.perf_counter()
         try:
             execute(path)
-        except CellExecutionError as exc:
-            if exc.ename == "KeyboardInterrupt":
+        except CellFailed as failure:
+            if failure.ename == "KeyboardInterrupt":
+                again = how_to_carry_on(checkpoint_at_start)
                 print(
-                    f"Interrupted in {path.name}, which was left as it was. Run the series again to carry on: "
+                    f"Interrupted in {path.name}, which was left as it was. {again} to carry on: "
                     "training continues from its checkpoint.",
                     file=sys.stderr,
                 )
                 return 130
-            print(f"{path.name} failed; the notebook was left as it was.\n{exc}", file=sys.stderr)
+            way_on = " With make series, FRESH=1 starts again." if failure.ename == "CheckpointError" else ""
+            print(f"{failure} ({path.name} was left as it was.){way_on}", file=sys.stderr)
             return 1
         except (KeyboardInterrupt, DeadKernelError):  # a second Ctrl-C, or one while the kernel started
-            print(
-                f"Stopped in {path.name}, which was left as it was. Run the series again to carry on.", file=sys.stderr
-            )
+            again = how_to_carry_on(checkpoint_at_start)
+            print(f"Stopped in {path.name}, which was left as it was. {again} to carry on.", file=sys.stderr)
             return 130
         print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
 
 
+def checkpoint_state() -> tuple[int, int] | None:
+    """Which file the configuration's checkpoint is now (inode, modification time), None if there is none."""
+    path = config.checkpoint_path()
+    return (path.stat().st_ino, path.stat().st_mtime_ns) if path.exists() else None
+
+
+def how_to_carry_on(checkpoint_at_start: tuple[int, int] | None) -> str:
+    """After a stop: run again, without FRESH=1 once the fresh run has begun (with it, it would begin again)."""
+    if not config.fresh_start():
+        return "Run the series again"
+    if checkpoint_state() != checkpoint_at_start:
+        return "Run the series again without FRESH=1"
+    return "Run the series again with FRESH=1 (training had not started over yet)"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.series", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the quick configuration")
+    parser.add_argument(
+        "--fresh", action="store_true", help="train again from scratch; the old checkpoint is kept aside"
+    )
     parser.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 01 02")
     args = parser.parse_args(argv)
     if args.quick:
         os.environ["CIFAR10_QUICK"] = "1"
+    if args.fresh:
+        os.environ["CIFAR10_FRESH"] = "1"  # notebook kernels inherit it: train.fit starts again
     os.environ.setdefault("CIFAR10_PROGRESS", "terminal")
     try:
         warn_without_gpu(config.active_config())

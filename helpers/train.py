@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import math
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -167,7 +168,8 @@ def fit(
     device: str | Execution = "auto",
     checkpoint_path: Path | None = None,
     resume: bool = False,
-    fresh: bool = False,
+    fresh: bool | None = None,
+    again: str | None = None,
 ) -> pd.DataFrame:
     """Train a run of `cfg`, or resume it, or reuse it when finished; return its per-epoch history.
 
@@ -175,7 +177,8 @@ def fit(
 
     What happens with an existing checkpoint is resume.decide's rule, the same for every caller: a
     finished run of this configuration is reused, a partial one resumed, another one refused;
-    `fresh` starts again and keeps the old checkpoint aside; `resume` (--resume) requires one.
+    `fresh` starts again and keeps the old checkpoint aside (None: CIFAR10_FRESH, set by `make series
+    FRESH=1`); `resume` (--resume) requires one. `again`: how the line after a stop says to continue.
     While it may write, fit holds the run's lock (machinery/lock.py): a second trainer of the same
     checkpoint is refused at once, naming the first.
     """
@@ -184,16 +187,17 @@ def fit(
     execution = device if isinstance(device, Execution) else resolve(resolve_device(device), cfg.precision)
     datasets = datasets or prepare(cfg)
     path = Path(checkpoint_path or config.checkpoint_path(cfg))
+    fresh = config.fresh_start() if fresh is None else fresh
     try:
         held = lock.exclusive(path)  # one writer per run, for as long as fit may write
     except lock.RunBusy as busy:
         return reuse_beside_the_writer(busy, cfg, datasets, execution, path, fresh)
     with held:
-        return train_or_reuse(cfg, datasets, execution, path, fresh, resume)
+        return train_or_reuse(cfg, datasets, execution, path, fresh, resume, again)
 
 
 def train_or_reuse(
-    cfg: Config, datasets: Datasets, execution: Execution, path: Path, fresh: bool, resume: bool
+    cfg: Config, datasets: Datasets, execution: Execution, path: Path, fresh: bool, resume: bool, again: str | None
 ) -> pd.DataFrame:
     """resume.decide's rule, applied by the run's one writer."""
     plan = decide(cfg, path, datasets.label, execution.device.type, fresh=fresh, required=resume)
@@ -204,7 +208,7 @@ def train_or_reuse(
     run = new_run(cfg, execution, datasets.mean, datasets.std, datasets.label)
     if plan.action == "resume" and plan.state is not None:
         restore(run, plan.state)
-    train_epochs(run, datasets, path)
+    train_epochs(run, datasets, path, again or how_to_continue(fresh))
     history = history_frame(run.history)
     path.with_name("metrics.json").write_text(json.dumps(summarize(history, datasets.label), indent=2))
     return history
@@ -231,7 +235,16 @@ def reuse_beside_the_writer(
     return reused(plan.state)
 
 
-def train_epochs(run: Run, datasets: Datasets, path: Path) -> None:
+def how_to_continue(fresh: bool, command: str | None = None) -> str:
+    """The sentence after a stop. After a fresh start, not "the same command": that would start over."""
+    if not fresh:
+        return "Run the same command or cell again to continue from there."
+    if command:
+        return f"To continue from there: {command}"
+    return "To continue from there, run it again without fresh (--fresh, fresh=True, make series FRESH=1)."
+
+
+def train_epochs(run: Run, datasets: Datasets, path: Path, again: str = how_to_continue(False)) -> None:
     """Epochs from run.epoch + 1 to the last, each checkpointed at most every cfg.checkpoint_every_s
     seconds and after the last; on any exception (Ctrl-C, a non-finite loss, out of memory) the last
     finished epoch is written first. The learning curves are redrawn after every epoch in a notebook."""
@@ -275,8 +288,7 @@ def train_epochs(run: Run, datasets: Datasets, path: Path) -> None:
             written = snapshot["epoch"]
         if written:
             print(
-                f"Stopped; {config.shown_path(path)} holds epoch {written}. Run the same command or cell "
-                "again to continue from there.",
+                f"Stopped; {config.shown_path(path)} holds epoch {written}. {again}",
                 file=sys.stderr,
             )
         else:
@@ -343,8 +355,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--data",
-        default=config.data_source(),
-        help="image folders or a .tar/.tar.gz of them; default: torchvision's download into data/",
+        default=None,
+        help="image folders or a .tar/.tar.gz of them; default: CIFAR10_DATA, else ../shared/data/cifar10-jpeg.tar.gz "
+        "when there, else torchvision's download into data/",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -384,20 +397,27 @@ def main(argv=None) -> int:
         execution = resolve(resolve_device(args.device), cfg.precision)  # before the data: fail fast
         print(f"execution: {execution}", flush=True)
         datasets = prepare(cfg, args.data)
-        history = fit(cfg, datasets, execution, args.checkpoint, resume=args.resume, fresh=args.fresh)
+        again = how_to_continue(args.fresh, command_without_fresh(argv))
+        history = fit(cfg, datasets, execution, args.checkpoint, resume=args.resume, fresh=args.fresh, again=again)
     except (ValueError, TrainingError, DeviceError, DataError, checkpoint.CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     path = Path(args.checkpoint or config.checkpoint_path(cfg))
-    saved = plots.save(plots.learning_curves(history), "learning_curves", cfg)
+    saved = plots.save(plots.learning_curves(history), "learning_curves", folder=path.parent)  # beside the run
     print(json.dumps(summarize(history, datasets.label), indent=2))
     print(
         f"checkpoint: {config.shown_path(path)} (metrics.json and history.csv beside it); "
         f"curves: {config.shown_path(saved)}"
     )
     return 0
+
+
+def command_without_fresh(argv=None) -> str:
+    """This command as typed, less --fresh: what continues a fresh run after a stop."""
+    argv = sys.argv[1:] if argv is None else argv
+    return shlex.join(["python", "-m", "helpers.train", *(a for a in argv if a != "--fresh")])
 
 
 def summarize(history: pd.DataFrame, data_label: str) -> dict:

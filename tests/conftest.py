@@ -11,14 +11,14 @@ from helpers import config, data, train
 from helpers.data import Datasets
 from tiny import TINY, tiny_datasets
 
-SHARED_ARCHIVE = config.REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 TEST_COMMAND_OUTPUT = os.environ.get("CIFAR10_OUTPUT")  # build/test under `make test`; read before any test changes it
 
 
 @pytest.fixture(scope="session")
 def real_source() -> Path:
-    """CIFAR10_DATA if set, else the project's shared JPEG copy of CIFAR-10; skipped where absent."""
-    source = config.data_source() or (SHARED_ARCHIVE if SHARED_ARCHIVE.exists() else None)
+    """Where every command finds CIFAR-10 (config.data_source): CIFAR10_DATA, else the project's JPEG copy
+    beside the checkout; skipped where neither is (the tests never download)."""
+    source = config.data_source()
     if not source or not Path(source).exists():
         pytest.skip("real CIFAR-10 is absent: set CIFAR10_DATA or put the JPEG copy in ../shared/data/")
     return Path(source)

@@ -1,5 +1,7 @@
-"""Loading CIFAR-10: image folders and archives, torchvision's path, bad input, splits, statistics."""
+"""Loading CIFAR-10: image folders and archives, torchvision's path, bad input, the cache (the data or
+nothing), labels and fingerprints by content, where the data is looked for, splits, statistics."""
 
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -16,8 +18,8 @@ from helpers.data import CLASSES, DataError
 SMALL = {"train": 2, "test": 1}  # images per class in the small trees these tests write
 
 
-def write_tree(root: Path, per_class=SMALL, size=(32, 32), seed=0) -> dict[str, np.ndarray]:
-    """<root>/<split>/<class>/<n>.png with random pixels; returns the pixels in label order (N, 32, 32, 3)."""
+def write_tree(root: Path, per_class=SMALL, size=(32, 32), seed=0, suffix=".png") -> dict[str, np.ndarray]:
+    """<root>/<split>/<class>/<n><suffix> with random pixels; returns the pixels in label order (N, 32, 32, 3)."""
     rng = np.random.default_rng(seed)
     written = {}
     for split, count in per_class.items():
@@ -25,7 +27,7 @@ def write_tree(root: Path, per_class=SMALL, size=(32, 32), seed=0) -> dict[str, 
         for i, image in enumerate(pixels):
             folder = root / split / CLASSES[i // count]
             folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(folder / f"{i % count:04d}.png")
+            Image.fromarray(image).save(folder / f"{i % count:04d}{suffix}")
         written[split] = pixels
     return written
 
@@ -53,6 +55,169 @@ def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "read_image_folders", lambda *a, **k: pytest.fail("decoded again"))
     second = data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
     assert torch.equal(first["train"].images, second["train"].images)
+
+
+# ---------------------------------------------------------------- the cache: the data or nothing
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def cache_files(cache_dir: Path) -> list[Path]:
+    return sorted((cache_dir / "cache").glob("*"))
+
+
+def test_an_image_deleted_after_a_load_is_noticed_and_the_load_refuses_on_the_count(tmp_path, capsys):
+    write_tree(tmp_path / "tree")
+    data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+    (tmp_path / "tree/train/cat/0001.png").unlink()
+    capsys.readouterr()
+    with pytest.raises(DataError, match="'train/cat' holds 1 images, expected 2"):
+        data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+    line = one_line(capsys.readouterr().err)
+    assert "is stale" in line and "train/cat/0001.png removed" in line and "decoding the source again" in line
+    assert cache_files(tmp_path / "cache") == []  # the stale cache is gone, not kept for later
+
+
+def test_an_image_rewritten_after_a_load_is_decoded_again(tmp_path, capsys):
+    written = write_tree(tmp_path / "tree")
+    data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+    changed = tmp_path / "tree/test/frog/0000.png"
+    Image.fromarray(255 - written["test"][6]).save(changed)  # frog is class 6; one test image per class
+    later = changed.stat().st_mtime_ns + 1_000_000_000  # a second later, as an edit by a person would be
+    os.utime(changed, ns=(later, later))
+    capsys.readouterr()
+    splits = data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+    assert "test/frog/0000.png changed" in one_line(capsys.readouterr().err)
+    assert torch.equal(splits["test"].images[6], torch.from_numpy(255 - written["test"][6]).permute(2, 0, 1))
+
+
+def damage(path: Path, found: bytes, replacement: bytes) -> None:
+    """Overwrite bytes of the file where `found` is stored, as a bad disk or a stray write would."""
+    stored = bytearray(path.read_bytes())
+    at = stored.find(found)
+    assert at > 0, "the bytes to damage are not stored as such"
+    stored[at : at + len(found)] = replacement
+    path.write_bytes(bytes(stored))
+
+
+@pytest.mark.parametrize("part", ["an image", "the labels"])
+def test_a_damaged_cache_is_decoded_again_to_the_written_pixels_and_labels(tmp_path, capsys, part):
+    written = write_tree(tmp_path / "tree")
+    first = data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+    [cache] = cache_files(tmp_path / "cache")
+    if part == "an image":
+        damage(cache, first["train"].images[3].numpy().tobytes(), bytes(3 * 32 * 32))
+    else:  # every training image labelled airplane: class counts of 20 and 0
+        damage(cache, first["train"].labels.numpy().tobytes(), bytes(8 * 20))
+    capsys.readouterr()
+    splits = data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+    line = one_line(capsys.readouterr().err)
+    assert "is damaged: its tensors do not match their checksum; decoding the source again" in line
+    for split, pixels in written.items():
+        assert torch.equal(splits[split].images, torch.from_numpy(pixels).permute(0, 3, 1, 2))
+        assert splits[split].labels.tolist() == [i // SMALL[split] for i in range(len(pixels))]
+
+
+def test_a_cache_without_an_entry_or_cut_short_is_decoded_again(tmp_path, capsys):
+    write_tree(tmp_path / "tree")
+    first = data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+    [cache] = cache_files(tmp_path / "cache")
+    saved = torch.load(cache, weights_only=True)
+    del saved["tensors"]["test/images"]
+    torch.save(saved, cache)
+    capsys.readouterr()
+    again = data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+    assert "lacks test/images" in one_line(capsys.readouterr().err)
+    assert torch.equal(again["test"].images, first["test"].images)
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    again = data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+    assert "is unreadable" in one_line(capsys.readouterr().err)
+    assert torch.equal(again["train"].images, first["train"].images)
+
+
+def test_one_source_keeps_one_cache_and_caches_of_gone_sources_or_old_formats_are_removed(tmp_path, capsys):
+    cache_dir = tmp_path / "cache" / "cache"
+    cache_dir.mkdir(parents=True)
+    (cache_dir / "tree-0123456789ab-v1.pt").write_bytes(b"a cache of the first format")
+    write_tree(tmp_path / "gone")
+    data.load_raw(tmp_path / "gone", tmp_path / "cache", per_class=SMALL)
+    for path in sorted((tmp_path / "gone").rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    (tmp_path / "gone").rmdir()
+    write_tree(tmp_path / "tree")
+    data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+    [kept] = cache_files(tmp_path / "cache")
+    for n in range(3):  # each change of the source: decoded again into the same one file
+        (tmp_path / "tree" / f"notes-{n}.txt").write_text("not an image, but the folder changed")
+        data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+        assert cache_files(tmp_path / "cache") == [kept]
+    assert "notes-2.txt added" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- labels and fingerprints, by content
+
+
+@pytest.mark.parametrize(
+    ("suffix", "packed", "label"),
+    [
+        (".png", False, "image folders: tree"),
+        (".png", True, "image folders: tree"),
+        (".jpg", False, "CIFAR-10 (JPEG copy)"),
+        (".jpg", True, "CIFAR-10 (JPEG copy)"),
+    ],
+)
+def test_the_label_says_what_the_images_are(tmp_path, monkeypatch, suffix, packed, label):
+    monkeypatch.setattr(config, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(data, "PER_CLASS", SMALL)
+    write_tree(tmp_path / "tree", suffix=suffix)
+    source = make_archive(tmp_path / "tree", tmp_path / "tree.tar.gz") if packed else tmp_path / "tree"
+    assert config.data_label(source) == label  # decodes: no cache yet
+    assert config.data_label(source) == label  # from the cache's record
+    datasets = data.prepare(config.QUICK.replace(val_size=10, train_limit=None, test_limit=None), source)
+    assert datasets.label == label
+
+
+def test_the_fingerprint_is_of_the_content_wherever_it_comes_from(tmp_path):
+    written = write_tree(tmp_path / "png")
+    write_tree(tmp_path / "bmp", suffix=".bmp")  # the same pixels (same seed), in another lossless format
+    archive = make_archive(tmp_path / "png", tmp_path / "png.tar.gz")
+    fingerprints = {
+        name: data.load(source, tmp_path / "cache", per_class=SMALL).fingerprint
+        for name, source in {"png": tmp_path / "png", "bmp": tmp_path / "bmp", "archive": archive}.items()
+    }
+    assert len(set(fingerprints.values())) == 1
+    Image.fromarray(written["train"][0] ^ 1).save(tmp_path / "bmp/train/airplane/0000.bmp")  # one image's low bits
+    os.utime(tmp_path / "bmp/train/airplane/0000.bmp", ns=(1, 1))
+    assert data.load(tmp_path / "bmp", tmp_path / "cache", per_class=SMALL).fingerprint != fingerprints["png"]
+
+
+def test_prepare_gives_the_datasets_the_fingerprint_of_the_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "PER_CLASS", SMALL)
+    write_tree(tmp_path / "tree")
+    datasets = data.prepare(
+        config.QUICK.replace(val_size=10, test_limit=None, train_limit=None), tmp_path / "tree", tmp_path
+    )
+    assert datasets.fingerprint == data.load(tmp_path / "tree", tmp_path).fingerprint
+    assert datasets.fingerprint is not None and len(datasets.fingerprint) == 16
+
+
+# ---------------------------------------------------------------- where the data is looked for
+
+
+def test_the_data_is_cifar10_data_else_the_copy_beside_the_checkout_else_torchvisions(tmp_path, monkeypatch):
+    copy = tmp_path / "shared" / "cifar10-jpeg.tar.gz"
+    monkeypatch.setattr(config, "SHARED_COPY", copy)
+    monkeypatch.delenv("CIFAR10_DATA", raising=False)
+    assert config.data_source() is None  # torchvision's download into data/
+    copy.parent.mkdir()
+    copy.write_bytes(b"")
+    assert config.data_source() == str(copy)
+    monkeypatch.setenv("CIFAR10_DATA", str(tmp_path / "mine"))
+    assert config.data_source() == str(tmp_path / "mine")
 
 
 def test_truncated_archive_names_the_archive(tmp_path):
@@ -134,6 +299,12 @@ def test_torchvision_path_gives_the_same_tensors_as_its_batches(tmp_path, monkey
     assert torch.equal(splits["train"].images, torch.from_numpy(train_pixels))
     assert torch.equal(splits["test"].images, torch.from_numpy(batches["test_batch"][0].reshape(-1, 3, 32, 32)))
     assert splits["test"].labels.tolist() == batches["test_batch"][1]
+
+
+def test_the_shared_jpeg_copy_keeps_the_label_its_checkpoints_hold(real_raw, real_source):
+    if real_source.name != "cifar10-jpeg.tar.gz":
+        pytest.skip("the real data is not the project's JPEG copy")
+    assert data.label_of(real_source) == "CIFAR-10 (JPEG copy)"  # as checkpoints of commit 6960a31 hold
 
 
 def test_real_data_has_cifar10s_shape_and_counts(real_raw):
