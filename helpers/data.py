@@ -55,6 +55,7 @@ class Datasets:
     mean: tuple[float, float, float]  # per channel, in [0, 1], of the training split
     std: tuple[float, float, float]
     label: str = "CIFAR-10"  # how results name the data, e.g. "CIFAR-10 (JPEG copy)"
+    fingerprint: str | None = None  # the data's content key; None where unknown (then checks go by label)
     classes: tuple[str, ...] = CLASSES
 
 

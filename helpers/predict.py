@@ -7,6 +7,10 @@ was trained on, the way torchvision users expect: converted to RGB as torchvisio
 loads images (transparency is dropped), the shorter side resized to 32 pixels and the centre cropped
 to 32x32 (torchvision's Resize(32) and CenterCrop(32)), then normalised with the training statistics
 stored in the checkpoint. A folder stands for every image file directly in it.
+
+It computes in fp32 (a handful of images needs no fast arithmetic), which on a CUDA GPU of compute
+capability 8.0 or newer means TF32 convolutions and matmuls (execution.resolve turns them on there):
+the output names the execution actually used, and the data the checkpoint was trained on.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from .data import CLASSES
 from .evaluate import load_model, logits
 from .machinery.checkpoint import CheckpointError
 from .machinery.device import DeviceError, resolve_device
-from .machinery.execution import resolve
+from .machinery.execution import Execution, resolve
+from .machinery.provenance import trained_on
 
 TO_NETWORK_INPUT = transforms.Compose([transforms.Resize(32), transforms.CenterCrop(32), transforms.PILToTensor()])
 
@@ -43,6 +48,8 @@ class Classified:
     files: list[Path]
     images: torch.Tensor  # (N, 3, 32, 32) uint8, after conversion, resizing and cropping
     probs: torch.Tensor  # (N, classes), fp32 softmax
+    execution: Execution  # how the forward pass computed (fp32, or fp32 (TF32) on Ampere and newer GPUs)
+    trained_on: str  # the data the checkpoint was trained on
 
     def top(self, k: int = 3) -> pd.DataFrame:
         """One row per image: its k most probable classes with their probabilities."""
@@ -87,14 +94,15 @@ def network_input(path: Path) -> torch.Tensor:
 
 
 def classify(paths, checkpoint_path: Path | None = None, device: str = "auto") -> Classified:
-    """Class probabilities of image files (or folders of them) under a checkpoint's weights, in fp32:
-    a handful of images needs no fast arithmetic."""
+    """Class probabilities of image files (or folders of them) under a checkpoint's weights, in fp32
+    (TF32 on GPUs that have it; the result's execution says which): a handful of images needs no fast
+    arithmetic."""
     files = image_files(paths)
     images = torch.stack([network_input(path) for path in files])
     execution = resolve(resolve_device(device), "fp32")
     model, state = load_model(Path(checkpoint_path or config.checkpoint_path()), execution)
     probs = logits(model, images, state["mean"], state["std"], execution).softmax(1).cpu()
-    return Classified(files, images, probs)
+    return Classified(files, images, probs, execution, str(trained_on(state)))
 
 
 def main(argv=None) -> int:
@@ -112,7 +120,10 @@ def main(argv=None) -> int:
     except (PredictError, CheckpointError, DeviceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print("Each image: RGB, shorter side resized to 32 px, centre-cropped to 32x32, normalised as in training.")
+    print(
+        "Each image: RGB, shorter side resized to 32 px, centre-cropped to 32x32, normalised as in training; "
+        f"classified in {result.execution} by a model trained on {result.trained_on}."
+    )
     print(result.top().reset_index().to_string(index=False, float_format=lambda p: f"{p:.1%}"))
     return 0
 

@@ -190,7 +190,7 @@ def uninterrupted_tiny_run(tmp_path_factory) -> pd.DataFrame:
     path = tmp_path_factory.mktemp("straight") / "c.pt"
     straight = start_tiny_run(path, STOPPED_EPOCHS)
     assert straight.wait() == 0, straight.stderr()
-    return pd.read_csv(path.with_name("history.csv"))[MEASURED]
+    return pd.read_csv(path.with_name("c.history.csv"))[MEASURED]
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
@@ -212,7 +212,7 @@ def test_a_process_stopped_mid_run_and_started_again_gives_the_uninterrupted_his
     assert again.wait() == 0, again.stderr()
     assert f"Resuming c.pt from epoch {stopped_at} of {STOPPED_EPOCHS}." in again.stdout()
     pd.testing.assert_frame_equal(
-        pd.read_csv(path.with_name("history.csv"))[MEASURED], uninterrupted_tiny_run, check_exact=True
+        pd.read_csv(path.with_name("c.history.csv"))[MEASURED], uninterrupted_tiny_run, check_exact=True
     )
 
 

@@ -1,6 +1,6 @@
 """Tiny runs for tests, importable from test files, subprocesses and notebook kernels alike.
 
-python tests/tiny.py CHECKPOINT EPOCHS     train the tiny configuration, as helpers.train's CLI would
+python tests/tiny.py CHECKPOINT EPOCHS [LR]     train the tiny configuration, as helpers.train's CLI would
 """
 
 import signal
@@ -37,12 +37,13 @@ def tiny_datasets() -> Datasets:
     return Datasets(train_split, held_out, held_out, *data.channel_stats(train_split.images))
 
 
-def main(checkpoint: str, epochs: str) -> int:
+def main(checkpoint: str, epochs: str, lr: str | None = None) -> int:
     """The tiny configuration trained on CPU as `python -m helpers.train` trains: exit 130 on Ctrl-C."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started with SIGINT ignored
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # or blocked
     try:
-        train.fit(TINY.replace(epochs=int(epochs)), tiny_datasets(), device="cpu", checkpoint_path=Path(checkpoint))
+        cfg = TINY.replace(epochs=int(epochs), lr=float(lr) if lr else TINY.lr)
+        train.fit(cfg, tiny_datasets(), device="cpu", checkpoint_path=Path(checkpoint))
     except KeyboardInterrupt:
         return 130
     return 0
