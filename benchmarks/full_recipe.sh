@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full recipe once on this machine's GPU, with both throughput benchmarks; small result files go
-# to OUTDIR (logs, history.csv, metrics.json, test metrics with and without flip TTA, learning curves,
-# confusion matrix).
+# to OUTDIR (logs, history.csv, metrics.json, test metrics with and without flip TTA as text and JSON,
+# learning curves, confusion matrix).
 #
 #   benchmarks/full_recipe.sh OUTDIR [extra helpers.train flags, e.g. --compile]
 #
@@ -21,7 +21,7 @@ export CIFAR10_OUTPUT="$out/output" CIFAR10_PROGRESS=off PYTHONUNBUFFERED=1
 "$py" benchmarks/training_throughput.py --device "$device" --json "$out/training_throughput.json" | tee "$out/training_throughput.txt"
 "$py" -m helpers.train --device "$device" "$@" | tee "$out/train.txt"
 run=$(ls -d "$out"/output/runs/*/ | head -n 1)
-"$py" -m helpers.evaluate --device "$device" --checkpoint "$run/checkpoint.pt" --tta > "$out/test_metrics_tta.txt"
-"$py" -m helpers.evaluate --device "$device" --checkpoint "$run/checkpoint.pt" | tee "$out/test_metrics.txt"  # figures without TTA
-cp "$run/history.csv" "$run/metrics.json" "$out/"
+"$py" -m helpers.evaluate --device "$device" --checkpoint "$run/checkpoint.pt" --tta --json "$out/test_metrics_tta.json" > "$out/test_metrics_tta.txt"
+"$py" -m helpers.evaluate --device "$device" --checkpoint "$run/checkpoint.pt" --json "$out/test_metrics.json" | tee "$out/test_metrics.txt"  # figures without TTA
+cp "$run/history.csv" "$run/metrics.json" "$out/"  # the default checkpoint.pt's own (checkpoint.companion); pass no --checkpoint
 cp "$out"/output/figs/*/learning_curves.png "$out"/output/figs/*/confusion_matrix_normalized.png "$out/"

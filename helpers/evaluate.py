@@ -1,12 +1,18 @@
 """Test-set evaluation of a checkpoint: accuracy, confusion matrix, per-class metrics, calibration.
 
+A checkpoint is scored on the data it was trained on: `check_data` compares the two (by content
+fingerprint, or by name for checkpoints that predate fingerprints) and refuses other data unless asked
+(`--other-data`, allow_other_data=True); then every result says "trained on A, evaluated on B".
+
 python -m helpers.evaluate --help
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +24,10 @@ from torch import nn
 from . import config
 from .augment import normalize
 from .config import Config
-from .data import CLASSES, DataError, prepare
-from .machinery import checkpoint
+from .data import CLASSES, DataError, Datasets, prepare
+from .machinery import checkpoint, provenance
 from .machinery.device import DeviceError, resolve_device
-from .machinery.execution import CHOICES, Execution, resolve
+from .machinery.execution import CHOICES, Execution, SlowPrecisionWarning, resolve
 from .model import resnet18
 
 
@@ -79,6 +85,20 @@ def checkpoint_config(state: dict) -> Config:
         return Config(**state["config"])
     except TypeError as exc:
         raise checkpoint.CheckpointError(f"The checkpoint's configuration is not this version's ({exc}).") from exc
+
+
+def check_data(state: dict, datasets: Datasets, allow_other_data: bool = False) -> provenance.DataCheck:
+    """The checkpoint's training data against `datasets`: other data raises provenance.OtherDataError
+    unless allow_other_data, and then the check's description reads "trained on A, evaluated on B".
+    Where only the names could be compared, it says so, once."""
+    found = provenance.check(
+        provenance.trained_on(state),
+        provenance.DataIdentity(datasets.label, datasets.fingerprint),
+        allow_other=allow_other_data,
+    )
+    if found.note:
+        print(found.note)
+    return found
 
 
 def predict(
@@ -175,6 +195,37 @@ def expected_calibration_error(table: pd.DataFrame) -> float:
     return float(((used.confidence - used.accuracy).abs() * used["count"]).sum() / used["count"].sum())
 
 
+def compare_precisions(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean,
+    std,
+    device: torch.device,
+    batch_size: int = 1000,
+    precisions: tuple[str, ...] = ("fp32", "bf16"),
+) -> pd.DataFrame:
+    """The same weights on the same images in each precision (one row each, named by its execution):
+    accuracy and loss, and against the first row, the share of predictions that changed class and the
+    largest change of a probability. What precision changes in a result, measured rather than assumed."""
+    rows, reference = {}, None
+    for precision in precisions:
+        with warnings.catch_warnings():  # emulated bf16 is slow, not wrong: measuring it is the point here
+            warnings.simplefilter("ignore", SlowPrecisionWarning)
+            execution = resolve(device, precision)
+        model = model.to(memory_format=execution.memory_format)
+        p = predict(model, images, labels, mean, std, execution, batch_size)
+        if reference is None:
+            reference = p
+        rows[execution.label] = {
+            "accuracy": accuracy(p.labels, p.predicted),
+            "loss": test_loss(p),
+            "predictions changed": (p.predicted != reference.predicted).double().mean().item(),
+            "max probability change": (p.probs - reference.probs).abs().max().item(),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("execution")
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -192,29 +243,85 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=CHOICES, default="auto", help="as for helpers.train")
     parser.add_argument("--tta", action="store_true", help="average each image with its mirror image")
+    parser.add_argument(
+        "--other-data",
+        action="store_true",
+        help="evaluate even on data other than the checkpoint's; results say 'trained on A, evaluated on B'",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--compare-precisions",
+        action="store_true",
+        help="evaluate in fp32 and in bf16 on --device and print what bf16 changes (accuracy, predictions)",
+    )
     args = parser.parse_args(argv)
     path = args.checkpoint or config.checkpoint_path(config.QUICK if args.quick else None)
     try:
         execution = resolve(resolve_device(args.device), args.precision)
         model, state = load_model(path, execution)
         cfg = checkpoint_config(state)
-        test = prepare(cfg, args.data).test
+        datasets = prepare(cfg, args.data)
+        data = check_data(state, datasets, allow_other_data=args.other_data)
     except (ValueError, DataError, DeviceError, checkpoint.CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    test = datasets.test
+    if args.compare_precisions:
+        print_precision_comparison(model, test, state, resolve_device(args.device), cfg, data)
+        return 0
     p = predict(model, test.images, test.labels, state["mean"], state["std"], execution, cfg.eval_batch_size, args.tta)
     cm = confusion_matrix(p.labels, p.predicted)
     print(
         f"test accuracy {accuracy(p.labels, p.predicted):.2%} and loss {test_loss(p):.4f} on {len(test)} "
         f"images ({cfg.name} configuration, epoch {state['epoch']}{', flip TTA' if args.tta else ''}; {execution})"
     )
+    print(f"data: {data.description}")
     print(per_class_report(cm).round(3).to_string())
     for name, fig in (
-        ("confusion_matrix", plots.confusion_matrix(cm)),
-        ("confusion_matrix_normalized", plots.confusion_matrix(cm, normalize=True)),
+        ("confusion_matrix", plots.confusion_matrix(cm, data_label=data.description)),
+        ("confusion_matrix_normalized", plots.confusion_matrix(cm, normalize=True, data_label=data.description)),
     ):
-        print("wrote", config.shown_path(plots.save(fig, name, folder=path.parent)))  # beside the run
+        print(
+            "wrote", config.shown_path(plots.save(fig, figure_name(path, name, data), folder=path.parent))
+        )  # beside the run
+    if args.json:
+        results = {
+            "checkpoint": config.shown_path(path),
+            "configuration": cfg.name,
+            "epoch": state["epoch"],
+            **data.as_dict(),
+            "test_images": len(test),
+            "flip_tta": args.tta,
+            "test_accuracy": round(accuracy(p.labels, p.predicted), 4),
+            "test_loss": round(test_loss(p), 4),
+            "evaluated_as": execution.as_dict() | {"label": execution.label},
+        }
+        args.json.write_text(json.dumps(results, indent=2))
+        print("wrote", config.shown_path(args.json))
     return 0
+
+
+def print_precision_comparison(model: nn.Module, test, state: dict, device: torch.device, cfg: Config, data) -> None:
+    table = compare_precisions(
+        model, test.images, test.labels, state["mean"], state["std"], device, cfg.eval_batch_size
+    )
+    fp32, bf16 = table.iloc[0], table.iloc[1]
+    print(
+        f"{len(test)} test images of {data.description}, {cfg.name} configuration, epoch {state['epoch']}, "
+        f"on {resolve(device, 'fp32').hardware}:"
+    )
+    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(
+        f"bf16 - fp32: test accuracy {100 * (bf16.accuracy - fp32.accuracy):+.2f} points; "
+        f"{bf16['predictions changed']:.2%} of predictions changed class "
+        f"({round(bf16['predictions changed'] * len(test))} of {len(test)})"
+    )
+
+
+def figure_name(path: Path, name: str, data: provenance.DataCheck) -> str:
+    """A figure's file name: the checkpoint's own (checkpoint.companion) and, on other data, that data's."""
+    named = checkpoint.companion(Path(path), name).name
+    return named if data.same else f"{named}.on-{data.evaluated.slug}"
 
 
 if __name__ == "__main__":

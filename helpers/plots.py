@@ -101,14 +101,16 @@ def learning_curves(history: pd.DataFrame, figure: plt.Figure | None = None) -> 
     return fig
 
 
-def confusion_matrix(cm: pd.DataFrame, normalize: bool = False) -> plt.Figure:
-    """A confusion matrix heatmap, in counts or as the share of each true class."""
+def confusion_matrix(cm: pd.DataFrame, normalize: bool = False, data_label: str | None = None) -> plt.Figure:
+    """A confusion matrix heatmap, in counts or as the share of each true class; `data_label` (what it was
+    measured on, e.g. "trained on A, evaluated on B") goes under the title."""
     data = cm.div(cm.sum(axis=1), axis=0) if normalize else cm
     fig, ax = plt.subplots(figsize=(8, 6.5))
     sns.heatmap(
         data, annot=True, fmt=".2f" if normalize else "d", cmap="Blues", cbar=False, ax=ax, annot_kws={"fontsize": 8}
     )
-    ax.set(title="share of each true class" if normalize else "test images", xlabel="predicted", ylabel="true")
+    title = "share of each true class" if normalize else "test images"
+    ax.set(title=f"{title}\n{data_label}" if data_label else title, xlabel="predicted", ylabel="true")
     fig.tight_layout()
     return fig
 

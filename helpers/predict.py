@@ -12,6 +12,10 @@ as torchvision's ToDtype(torch.uint8, scale=True) does: integers keep their top 
 multiplied by 256 less a little. What cannot be read that way (negative or out-of-range values, a
 colour space Pillow cannot convert to RGB) is refused, not guessed. A folder stands for every image
 file directly in it. One unreadable image costs its own row, not the others'.
+
+It computes in fp32 (a handful of images needs no fast arithmetic), which on a CUDA GPU of compute
+capability 8.0 or newer means TF32 convolutions and matmuls (execution.resolve turns them on there):
+the output names the execution actually used, and the data the checkpoint was trained on.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ from .data import CLASSES
 from .evaluate import load_model, logits
 from .machinery.checkpoint import CheckpointError
 from .machinery.device import DeviceError, resolve_device
-from .machinery.execution import resolve
+from .machinery.execution import Execution, resolve
 from .machinery.faults import reason
+from .machinery.provenance import trained_on
 
 TO_NETWORK_INPUT = transforms.Compose([transforms.Resize(32), transforms.CenterCrop(32), transforms.PILToTensor()])
 DEEP_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # Pillow's one-channel modes of more than 8 bits
@@ -71,6 +76,8 @@ class Classified:
     files: list[Path]
     images: torch.Tensor  # (N, 3, 32, 32) uint8, after conversion, resizing and cropping
     probs: torch.Tensor  # (N, classes), fp32 softmax
+    execution: Execution  # how the forward pass computed (fp32, or fp32 (TF32) on Ampere and newer GPUs)
+    trained_on: str  # the data the checkpoint was trained on
     problems: list[str] = field(default_factory=list)  # one line for each image named that could not be read
 
     def top(self, k: int = 3) -> pd.DataFrame:
@@ -173,9 +180,10 @@ def read_images(files: list[Path]) -> tuple[list[Path], list[torch.Tensor], list
 
 
 def classify(paths, checkpoint_path: Path | None = None, device: str = "auto") -> Classified:
-    """Class probabilities of image files (or folders of them) under a checkpoint's weights, in fp32:
-    a handful of images needs no fast arithmetic. Images that cannot be read are left out, each named
-    in `problems`; NothingToClassify when none can."""
+    """Class probabilities of image files (or folders of them) under a checkpoint's weights, in fp32
+    (TF32 on GPUs that have it; the result's execution says which): a handful of images needs no fast
+    arithmetic. Images that cannot be read are left out, each named in `problems`; NothingToClassify
+    when none can."""
     execution = resolve(resolve_device(device), "fp32")
     model, state = load_model(Path(checkpoint_path or config.checkpoint_path()), execution)
     files, unnamed = image_files(paths)
@@ -184,7 +192,7 @@ def classify(paths, checkpoint_path: Path | None = None, device: str = "auto") -
     if not files:
         raise NothingToClassify(problems or ["no image files were named."])
     probs = logits(model, torch.stack(images), state["mean"], state["std"], execution).softmax(1).cpu()
-    return Classified(files, torch.stack(images), probs, problems)
+    return Classified(files, torch.stack(images), probs, execution, str(trained_on(state)), problems)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -215,7 +223,10 @@ def main(argv=None) -> int:
         return 2
     for problem in result.problems:
         print(f"error: {problem}", file=sys.stderr)
-    print("Each image: RGB, shorter side resized to 32 px, centre-cropped to 32x32, normalised as in training.")
+    print(
+        "Each image: RGB, shorter side resized to 32 px, centre-cropped to 32x32, normalised as in training; "
+        f"classified in {result.execution} by a model trained on {result.trained_on}."
+    )
     print(result.top().reset_index().to_string(index=False, float_format=lambda p: f"{p:.1%}"))
     return 3 if result.problems else 0
 

@@ -6,7 +6,10 @@ hardware (machinery/execution.py), and the loop never waits for the device insid
 accuracies accumulate as tensors and are read once per epoch.
 
 Safe to run again: whether fit trains, resumes or reuses a finished run is resume.decide's rule, and
-resuming from a checkpoint gives the same history as never stopping.
+resuming from a checkpoint gives the same history as never stopping. A run's history and metrics are
+named after its checkpoint (checkpoint.companion), so runs in one folder never share them.
+
+Every epoch's row times training and validation apart: images/s is training images over training seconds.
 
     python -m helpers.train --help
 """
@@ -33,7 +36,7 @@ from torch import nn
 from . import config
 from .augment import augment
 from .config import Config
-from .data import DataError, Datasets, Split, prepare
+from .data import CLASSES, DataError, Datasets, Split, prepare
 from .evaluate import logits
 from .machinery import checkpoint, lock
 from .machinery.device import DeviceError, resolve_device
@@ -66,10 +69,21 @@ def check_config(cfg: Config) -> None:
             cfg.crop_padding >= 0 and cfg.cutout_length >= 0 and cfg.cutout_holes >= 0,
             "crop_padding, cutout_length and cutout_holes must be at least 0",
         ),
+        (cfg.val_from_test or cfg.val_size >= len(CLASSES), validation_needed(cfg)),
     ]
     problems = [message for ok, message in rules if not ok]
     if problems:
         raise ValueError("Nonsense hyperparameters: " + "; ".join(problems) + ".")
+
+
+def validation_needed(cfg: Config) -> str:
+    return (
+        f"val_size must be at least {len(CLASSES)}, one image per class (got {cfg.val_size}), because the plateau "
+        "schedule lowers the learning rate when the validation loss stops improving and so needs a validation "
+        "split; to validate on the test set as the original README did, use --val-from-test "
+        "(val_from_test=True), knowing that the test accuracy is then no longer an unseen-data estimate, "
+        "since the test set chose the learning rates"
+    )
 
 
 @dataclass
@@ -86,6 +100,7 @@ class Run:
     mean: tuple
     std: tuple
     data: str = "CIFAR-10"  # the data's label: a run is continued only on the data it started on
+    fingerprint: str | None = None  # the data's content key, when known (provenance.DataIdentity)
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
     forward: nn.Module = field(init=False)  # the model, compiled when asked
@@ -99,7 +114,9 @@ class Run:
         return self.execution.device
 
 
-def new_run(cfg: Config, execution: Execution, mean, std, data: str = "CIFAR-10") -> Run:
+def new_run(
+    cfg: Config, execution: Execution, mean, std, data: str = "CIFAR-10", fingerprint: str | None = None
+) -> Run:
     """A freshly initialised model with the recipe's optimizer, scheduler and seeded generators."""
     torch.manual_seed(cfg.seed)
     model = resnet18(width=cfg.width).to(execution.device, memory_format=execution.memory_format)
@@ -109,7 +126,17 @@ def new_run(cfg: Config, execution: Execution, mean, std, data: str = "CIFAR-10"
     )
     generator = torch.Generator(execution.device).manual_seed(cfg.seed)
     return Run(
-        cfg, execution, model, optimizer, scheduler, execution.grad_scaler(), generator, tuple(mean), tuple(std), data
+        cfg,
+        execution,
+        model,
+        optimizer,
+        scheduler,
+        execution.grad_scaler(),
+        generator,
+        tuple(mean),
+        tuple(std),
+        data,
+        fingerprint,
     )
 
 
@@ -150,9 +177,9 @@ def validate(run: Run, val: Split) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def write_outputs(state: dict, path: Path) -> None:
-    """The checkpoint, and beside it the history as CSV."""
+    """The checkpoint, and beside it its history as CSV."""
     checkpoint.save(state, path)
-    history_frame(state["history"]).to_csv(path.with_name("history.csv"))
+    history_frame(state["history"]).to_csv(checkpoint.companion(path, "history.csv"))
 
 
 def history_frame(history: list[dict]) -> pd.DataFrame:
@@ -200,17 +227,19 @@ def train_or_reuse(
     cfg: Config, datasets: Datasets, execution: Execution, path: Path, fresh: bool, resume: bool, again: str | None
 ) -> pd.DataFrame:
     """resume.decide's rule, applied by the run's one writer."""
-    plan = decide(cfg, path, datasets.label, execution.device.type, fresh=fresh, required=resume)
+    plan = decide(
+        cfg, path, datasets.label, execution.device.type, fresh=fresh, required=resume, fingerprint=datasets.fingerprint
+    )
     if plan.message:
         print(plan.message, flush=True)
     if plan.action == "reuse" and plan.state is not None:
         return reused(plan.state)
-    run = new_run(cfg, execution, datasets.mean, datasets.std, datasets.label)
+    run = new_run(cfg, execution, datasets.mean, datasets.std, datasets.label, datasets.fingerprint)
     if plan.action == "resume" and plan.state is not None:
         restore(run, plan.state)
     train_epochs(run, datasets, path, again or how_to_continue(fresh))
     history = history_frame(run.history)
-    path.with_name("metrics.json").write_text(json.dumps(summarize(history, datasets.label), indent=2))
+    checkpoint.companion(path, "metrics.json").write_text(json.dumps(summarize(history, datasets.label), indent=2))
     return history
 
 
@@ -228,7 +257,7 @@ def reuse_beside_the_writer(
     plan: Plan | None = None
     if not fresh:
         with contextlib.suppress(checkpoint.CheckpointError):  # the refusal says more than a mismatch would
-            plan = decide(cfg, path, datasets.label, execution.device.type)
+            plan = decide(cfg, path, datasets.label, execution.device.type, fingerprint=datasets.fingerprint)
     if plan is None or plan.action != "reuse" or plan.state is None:
         raise busy
     print(plan.message, flush=True)
@@ -299,13 +328,16 @@ def train_epochs(run: Run, datasets: Datasets, path: Path, again: str = how_to_c
 
 
 def run_epoch(run: Run, train: Split, val: Split) -> dict:
-    """Train one epoch, validate, step the plateau schedule; the epoch's one host sync is here."""
+    """Train one epoch, validate, step the plateau schedule. The host waits for the device twice an
+    epoch: once after training, so that training is timed alone, and once for the epoch's figures."""
     start = time.perf_counter()
     lr = run.optimizer.param_groups[0]["lr"]
     train_loss, train_acc = train_epoch(run, train)
+    finish_queued_work(run.device)
+    trained = time.perf_counter()
     val_loss, val_acc = validate(run, val)
     train_loss, train_acc, val_loss, val_acc = torch.stack([train_loss, train_acc, val_loss, val_acc]).tolist()
-    seconds = time.perf_counter() - start
+    end = time.perf_counter()
     if math.isfinite(val_loss):
         run.scheduler.step(val_loss)
     return {
@@ -315,11 +347,19 @@ def run_epoch(run: Run, train: Split, val: Split) -> dict:
         "val_loss": val_loss,
         "val_acc": val_acc,
         "lr": lr,
-        "seconds": seconds,
-        "images_per_s": len(train) / seconds,
+        "seconds": end - start,  # the epoch: training, validation and reading the figures back
+        "train_seconds": trained - start,
+        "val_seconds": end - trained,
+        "images_per_s": len(train) / (trained - start),  # training throughput: training time alone
         "execution": run.execution.label,
         "hardware": str(run.execution.hardware),
     }
+
+
+def finish_queued_work(device: torch.device) -> None:
+    """Wait until the device has done the work queued so far (CUDA runs asynchronously; the CPU does not)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------- command line
@@ -405,10 +445,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
     path = Path(args.checkpoint or config.checkpoint_path(cfg))
-    saved = plots.save(plots.learning_curves(history), "learning_curves", folder=path.parent)  # beside the run
+    curves = checkpoint.companion(path, "learning_curves").name  # runs of one configuration keep their own
+    saved = plots.save(plots.learning_curves(history), curves, folder=path.parent)  # beside the run
     print(json.dumps(summarize(history, datasets.label), indent=2))
+    history_csv, metrics_json = (checkpoint.companion(path, name).name for name in ("history.csv", "metrics.json"))
     print(
-        f"checkpoint: {config.shown_path(path)} (metrics.json and history.csv beside it); "
+        f"checkpoint: {config.shown_path(path)} ({metrics_json} and {history_csv} beside it); "
         f"curves: {config.shown_path(saved)}"
     )
     return 0
@@ -422,19 +464,33 @@ def command_without_fresh(argv=None) -> str:
 
 def summarize(history: pd.DataFrame, data_label: str) -> dict:
     """The figures a README reports about a run, with where and how they were measured (every
-    execution and hardware its epochs ran on, in order)."""
+    execution and hardware its epochs ran on, in order).
+
+    Training throughput comes from the epochs whose training was timed alone (train_seconds). A history
+    written before that (commit 6960a31) times whole epochs only: its images/s includes validation, and
+    the summary says so instead of passing it off as training speed."""
     last = history.iloc[-1]
-    return {
+    timed = history.dropna(subset=["train_seconds"]) if "train_seconds" in history else history.iloc[:0]
+    summary = {
         "hardware": " then ".join(key for key, _ in groupby(history.hardware)),
         "execution": " then ".join(key for key, _ in groupby(history.execution)),
         "data": data_label,
         "epochs": int(history.index[-1]),
         "final_val_acc": round(float(last.val_acc), 4),
         "best_val_acc": round(float(history.val_acc.max()), 4),
-        "train_seconds": round(float(history.seconds.sum()), 1),
+        "seconds": round(float(history.seconds.sum()), 1),  # every epoch, training and validation
         "median_epoch_seconds": round(float(history.seconds.median()), 2),
-        "median_images_per_s": round(float(history.images_per_s.median()), 1),
     }
+    if len(timed):
+        summary |= {
+            "train_seconds": round(float(timed.train_seconds.sum()), 1),
+            "val_seconds": round(float(timed.val_seconds.sum()), 1),
+            "median_images_per_s": round(float(timed.images_per_s.median()), 1),  # training images / training s
+            "throughput_epochs": len(timed),
+        }
+    else:
+        summary["median_epoch_images_per_s"] = round(float(history.images_per_s.median()), 1)  # with validation
+    return summary
 
 
 if __name__ == "__main__":

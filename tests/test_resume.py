@@ -189,7 +189,7 @@ class Process:
 def start_tiny_run(path: Path, epochs: int, hold: Path | None = None) -> Process:
     """`python tests/tiny.py`, which restores Ctrl-C's default handler itself (a background job may ignore it);
     with `hold`, the run waits in epoch 2 to be stopped, once it has created that file."""
-    arguments = [sys.executable, str(TESTS / "tiny.py"), str(path), str(epochs)] + ([str(hold)] if hold else [])
+    arguments = [sys.executable, str(TESTS / "tiny.py"), str(path), str(epochs)] + ([f"hold={hold}"] if hold else [])
     return Process(arguments, path.with_name("log"))
 
 
@@ -228,7 +228,7 @@ def test_a_process_stopped_mid_run_and_started_again_gives_the_uninterrupted_his
     assert again.wait() == 0, again.stderr()
     assert f"Resuming c.pt from epoch {stopped_at} of {STOPPED_EPOCHS}." in again.stdout()
     pd.testing.assert_frame_equal(
-        pd.read_csv(path.with_name("history.csv"))[MEASURED], uninterrupted_tiny_run, check_exact=True
+        pd.read_csv(path.with_name("c.history.csv"))[MEASURED], uninterrupted_tiny_run, check_exact=True
     )
 
 

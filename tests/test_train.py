@@ -115,7 +115,14 @@ def test_no_host_sync_inside_an_epoch(tiny, monkeypatch):
 def test_history_csv_is_written_beside_the_checkpoint(tiny, tmp_path):
     history = fit(tiny, checkpoint_path=tmp_path / "run" / "checkpoint.pt")
     saved = pd.read_csv(tmp_path / "run" / "history.csv")
-    assert list(saved.columns) == MEASURED + ["seconds", "images_per_s", "execution", "hardware"]
+    assert list(saved.columns) == MEASURED + [
+        "seconds",
+        "train_seconds",
+        "val_seconds",
+        "images_per_s",
+        "execution",
+        "hardware",
+    ]
     pd.testing.assert_frame_equal(saved[MEASURED], history)
     assert set(saved.execution) == {CPU.label} and set(saved.hardware) == {str(CPU.hardware)}
 

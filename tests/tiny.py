@@ -7,8 +7,8 @@ resuming, refusing and stopping are quick.
 What depends on the width (parameter count, shapes, torchvision's layers, a full-width training
 step) is tested at width 64 (test_model.py, the full_width_checkpoint fixture).
 
-python tests/tiny.py CHECKPOINT EPOCHS [HOLD]   train the tiny configuration, as helpers.train's CLI would;
-                                                with HOLD, wait in epoch 2 to be stopped (hold_in_epoch)
+python tests/tiny.py CHECKPOINT EPOCHS [lr=LR] [hold=MARK]   train the tiny configuration, as helpers.train's
+    CLI would; with hold, wait in epoch 2 to be stopped (hold_in_epoch)
 """
 
 import signal
@@ -63,15 +63,18 @@ def hold_in_epoch(epoch: int, mark: Path) -> None:
     train.train_epoch = held
 
 
-def main(checkpoint: str, epochs: str, hold: str | None = None) -> int:
+def main(checkpoint: str, epochs: str, *options: str) -> int:
     """The tiny configuration trained on CPU as `python -m helpers.train` trains: exit 130 on Ctrl-C, and
     a refusal (another configuration, another trainer of the run) one line and exit 2."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started with SIGINT ignored
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # or blocked
+    given = dict(option.split("=", 1) for option in options)  # lr=LR, hold=MARK
+    lr, hold = given.get("lr"), given.get("hold")
     if hold:
         hold_in_epoch(2, Path(hold))
     try:
-        train.fit(TINY.replace(epochs=int(epochs)), tiny_datasets(), device="cpu", checkpoint_path=Path(checkpoint))
+        cfg = TINY.replace(epochs=int(epochs), lr=float(lr) if lr else TINY.lr)
+        train.fit(cfg, tiny_datasets(), device="cpu", checkpoint_path=Path(checkpoint))
     except KeyboardInterrupt:
         return 130
     except CheckpointError as exc:

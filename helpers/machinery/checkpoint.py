@@ -2,6 +2,15 @@
 
 Every file that cannot be used (missing, a folder, empty, truncated, unreadable, foreign, weights that
 are not finite) is a CheckpointError of one line that names it and says what to do.
+
+A checkpoint's history and metrics are files named after it (`companion`), so that two runs never
+write each other's: `lr005.pt` keeps `lr005.history.csv` and `lr005.metrics.json` beside it. Why
+names and not one folder per run: a checkpoint path is what every command already takes
+(`--checkpoint`, `checkpoint_path=`), and the refusal that protects a run advises "another checkpoint
+path"; with names, any path the user picks is safe, with no second rule to learn and nothing to refuse.
+A checkpoint named `checkpoint.pt` (the default, `runs/<configuration>/checkpoint.pt`) keeps the plain
+`history.csv` and `metrics.json`: the layout every earlier run has (commit 6960a31 on), which keeps
+resuming, being reused and being evaluated as it is.
 """
 
 from __future__ import annotations
@@ -19,6 +28,10 @@ ARCHITECTURE = "resnet18-cifar-stem"  # what helpers.model.resnet18 builds; stor
 FORMAT = 2  # what a checkpoint holds: 2 adds the data label and the execution (resume.capture)
 
 
+DEFAULT_NAME = "checkpoint.pt"  # its companions keep their plain names (history.csv, metrics.json)
+COMPANIONS = ("history.csv", "metrics.json")  # the files of a run beside its checkpoint
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or belongs to another model or configuration."""
 
@@ -28,6 +41,13 @@ def save(state: dict, path: Path) -> None:
     broken file, and a reader never sees half of one."""
     with replacing(Path(path)) as file:
         torch.save(state, file)
+
+
+def companion(path: Path, name: str) -> Path:
+    """The file `name` (history.csv, metrics.json, ...) that belongs to the checkpoint at `path`:
+    beside it, named after it (lr005.pt -> lr005.history.csv), plain for checkpoint.pt."""
+    path = Path(path)
+    return path.with_name(name if path.name == DEFAULT_NAME else f"{path.stem}.{name}")
 
 
 def load(path: Path) -> dict:

@@ -14,6 +14,7 @@ state, so that training on from it gives the same history as never stopping.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -47,9 +48,18 @@ class Plan:
     message: str | None  # one line, or None when there is nothing to say
 
 
-def decide(cfg: Config, path: Path, data: str, device_type: str, fresh: bool = False, required: bool = False) -> Plan:
-    """Apply the rule to the checkpoint at `path` for a run of `cfg` on `data` (a data label) on a
-    device of `device_type`. `required` (the old --resume) makes a missing checkpoint an error."""
+def decide(
+    cfg: Config,
+    path: Path,
+    data: str,
+    device_type: str,
+    fresh: bool = False,
+    required: bool = False,
+    fingerprint: str | None = None,
+) -> Plan:
+    """Apply the rule to the checkpoint at `path` for a run of `cfg` on `data` (a data label, and the
+    data's content fingerprint when known) on a device of `device_type`. `required` (the old --resume)
+    makes a missing checkpoint an error."""
     path = Path(path)
     if fresh:
         kept = set_aside(path) if path.exists() else None
@@ -58,7 +68,7 @@ def decide(cfg: Config, path: Path, data: str, device_type: str, fresh: bool = F
     if not path.exists() and not required:
         return Plan("new", None, None)
     state = checkpoint.load(path)
-    refuse_another_configuration(cfg, data, state, path)
+    refuse_another_configuration(cfg, data, state, path, fingerprint)
     if state["epoch"] > cfg.epochs:
         raise CheckpointError(
             f"{shown_path(path)} holds {state['epoch']} epochs of this configuration, more than "
@@ -80,10 +90,15 @@ def decide(cfg: Config, path: Path, data: str, device_type: str, fresh: bool = F
     return Plan("resume", state, f"Resuming {shown_path(path)} from epoch {state['epoch']} of {cfg.epochs}.")
 
 
-def differences(cfg: Config, data: str, state: dict) -> dict[str, tuple]:
-    """{setting: (value in the checkpoint, value now)} for every setting that must match, and the data."""
-    saved = {**Config().as_dict(), **state["config"], "data": state.get("data")}  # settings added since: defaults
+def differences(cfg: Config, data: str, state: dict, fingerprint: str | None = None) -> dict[str, tuple]:
+    """{setting: (value in the checkpoint, value now)} for every setting that must match, and the data:
+    its label, and its fingerprint where both the checkpoint and the data have one. A setting the
+    checkpoint does not hold (it was written before the setting existed) had its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    saved = {**defaults, **state["config"], "data": state.get("data")}
     current = {**cfg.as_dict(), "data": data}
+    if fingerprint is not None and state.get("data_fingerprint") is not None:
+        saved["data_fingerprint"], current["data_fingerprint"] = state["data_fingerprint"], fingerprint
     return {
         key: (saved.get(key), value)
         for key, value in current.items()
@@ -91,8 +106,10 @@ def differences(cfg: Config, data: str, state: dict) -> dict[str, tuple]:
     }
 
 
-def refuse_another_configuration(cfg: Config, data: str, state: dict, path: Path) -> None:
-    found = differences(cfg, data, state)
+def refuse_another_configuration(
+    cfg: Config, data: str, state: dict, path: Path, fingerprint: str | None = None
+) -> None:
+    found = differences(cfg, data, state, fingerprint)
     if found:
         listed = ", ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, (old, new) in found.items())
         raise CheckpointError(
@@ -101,12 +118,16 @@ def refuse_another_configuration(cfg: Config, data: str, state: dict, path: Path
 
 
 def set_aside(path: Path) -> Path:
-    """Rename the checkpoint to <name>.before-<date>-<time>.pt beside it, never over another file."""
+    """Rename the checkpoint to <name>.before-<date>-<time>.pt beside it, never over another file, and
+    its history and metrics with it (checkpoint.companion's names for the new name)."""
     stamp = now()
     kept, n = path.with_name(f"{path.stem}.before-{stamp}{path.suffix}"), 1
     while kept.exists():
         kept, n = path.with_name(f"{path.stem}.before-{stamp}-{n}{path.suffix}"), n + 1
     os.rename(path, kept)
+    for name in checkpoint.COMPANIONS:
+        if checkpoint.companion(path, name).exists():
+            os.rename(checkpoint.companion(path, name), checkpoint.companion(kept, name))
     return kept
 
 
@@ -138,6 +159,7 @@ def capture(run: Run) -> dict:
             "execution": run.execution.as_dict(),  # of the latest epoch; the history has each epoch's
             "config": run.cfg.as_dict(),
             "data": run.data,
+            "data_fingerprint": run.fingerprint,  # None where the data's content was not fingerprinted
             "epoch": run.epoch,
             "history": run.history,
             "mean": list(run.mean),
