@@ -177,7 +177,11 @@ def fit(
     """
     cfg = cfg or config.active_config()
     check_config(cfg)
-    execution = device if isinstance(device, Execution) else resolve(resolve_device(device), cfg.precision)
+    execution = (
+        device
+        if isinstance(device, Execution)
+        else resolve(resolve_device(device), cfg.precision, batch_size=cfg.batch_size)
+    )
     datasets = datasets or prepare(cfg)
     path = Path(checkpoint_path or config.checkpoint_path(cfg))
     plan = decide(cfg, path, datasets.label, execution.device.type, fresh=fresh, required=resume)
@@ -270,7 +274,7 @@ def run_epoch(run: Run, train: Split, val: Split) -> dict:
         "lr": lr,
         "seconds": seconds,
         "images_per_s": len(train) / seconds,
-        "execution": run.execution.label,
+        "execution": run.execution.described,  # with the figures auto chose from, where it measured
         "hardware": str(run.execution.hardware),
     }
 
@@ -346,7 +350,7 @@ def main(argv=None) -> int:
     cfg = args.config
     try:
         check_config(cfg)
-        execution = resolve(resolve_device(args.device), cfg.precision)  # before the data: fail fast
+        execution = resolve(resolve_device(args.device), cfg.precision, batch_size=cfg.batch_size)  # fail fast
         print(f"execution: {execution}", flush=True)
         datasets = prepare(cfg, args.data)
         history = fit(cfg, datasets, execution, args.checkpoint, resume=args.resume, fresh=args.fresh)
