@@ -11,7 +11,8 @@ weight decay 5e-4) in batches of 128 on the same real CIFAR-10 training images:
                        train_epoch), once per execution: fp32 NCHW, fp32 channels_last, bf16 where the
                        hardware computes it natively (or with --bf16), fp16 on CUDA
 
-The row that precision="auto" resolves to here (helpers.machinery.execution.AUTO) is marked *. After WARMUP
+The row that precision="auto" resolves to here (on a CPU with native bf16 measured once and remembered,
+helpers/machinery/autotune.py; else helpers.machinery.execution.AUTO) is marked *. After WARMUP
 untimed steps each, the rows take their timed steps in turn (one step of each, then the next round),
 --images / 128 steps each, so that other load on the machine slows them alike. On CUDA every row,
 the original's included, runs with the switches helpers.machinery.execution sets (cuDNN autotuning, TF32).
@@ -198,7 +199,10 @@ def main(argv=None) -> None:
     for execution in executions(device, args.bf16):
         steps[f"this project ({execution.label})"] = project_step(split, mean, std, execution, args.compile)
     results = interleaved_seconds(steps, count, synchronizer(device))
-    summary = report(out, results, len(split), resolve(device).label, args.compile)
+    auto = resolve(device)
+    summary = report(out, results, len(split), auto.label, args.compile)
+    if auto.measured:
+        out(f"auto's own measurement ({'remembered' if auto.measured.remembered else 'timed now'}): {auto.measured}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     if args.save:

@@ -47,7 +47,7 @@ def timed_execution(cfg: config.Config) -> tuple[Execution, float]:
     from .machinery.device import resolve_device
     from .train import new_run, train_epoch
 
-    execution = resolve(resolve_device("auto"), cfg.precision)
+    execution = resolve(resolve_device("auto"), cfg.precision, batch_size=cfg.batch_size)
     run = new_run(cfg, execution, (0.5,) * 3, (0.25,) * 3)
 
     def batch(n: int) -> Split:

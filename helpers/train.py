@@ -211,7 +211,11 @@ def fit(
     """
     cfg = cfg or config.active_config()
     check_config(cfg)
-    execution = device if isinstance(device, Execution) else resolve(resolve_device(device), cfg.precision)
+    execution = (
+        device
+        if isinstance(device, Execution)
+        else resolve(resolve_device(device), cfg.precision, batch_size=cfg.batch_size)
+    )
     datasets = datasets or prepare(cfg)
     path = Path(checkpoint_path or config.checkpoint_path(cfg))
     fresh = config.fresh_start() if fresh is None else fresh
@@ -351,7 +355,7 @@ def run_epoch(run: Run, train: Split, val: Split) -> dict:
         "train_seconds": trained - start,
         "val_seconds": end - trained,
         "images_per_s": len(train) / (trained - start),  # training throughput: training time alone
-        "execution": run.execution.label,
+        "execution": run.execution.described,  # with the figures auto chose from, where it measured
         "hardware": str(run.execution.hardware),
     }
 
@@ -434,7 +438,7 @@ def main(argv=None) -> int:
     cfg = args.config
     try:
         check_config(cfg)
-        execution = resolve(resolve_device(args.device), cfg.precision)  # before the data: fail fast
+        execution = resolve(resolve_device(args.device), cfg.precision, batch_size=cfg.batch_size)  # fail fast
         print(f"execution: {execution}", flush=True)
         datasets = prepare(cfg, args.data)
         again = how_to_continue(args.fresh, command_without_fresh(argv))

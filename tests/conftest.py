@@ -9,6 +9,7 @@ import pytest
 
 from helpers import config, data, train
 from helpers.data import Datasets
+from helpers.machinery import autotune
 from tiny import TINY, tiny_datasets
 
 TEST_COMMAND_OUTPUT = os.environ.get("CIFAR10_OUTPUT")  # build/test under `make test`; read before any test changes it
@@ -28,6 +29,19 @@ def real_source() -> Path:
 def real_raw(real_source):
     """All 60,000 real images (decoded once, then from the cache)."""
     return data.load_raw(real_source)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_precision_measurement(tmp_path_factory):
+    """precision="auto" on a CPU times the training step once per machine (machinery/autotune.py). No test
+    does that for real: measuring is off, so auto follows the capability table as before measuring existed
+    (the tests train as fast as they did), and the cache is a folder of the session's, never the user's.
+    Session-wide and set up first, so that the session's trained runs (quick_run, tiny_checkpoint) obey it
+    too; the tests of the measurement turn it on with fake timings (tests/test_autotune.py)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(autotune.SWITCH_ENV, "off")
+        env.setenv(autotune.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
-"""Execution: the table from hardware facts to precision and layout, row by row with injected facts;
-the facts read off real hardware; explicit precisions; the CUDA switches; resuming under another."""
+"""Execution: the table from hardware facts to precision and layout, row by row with injected facts (CPU
+rows as with measuring off, which conftest sets; the measurement is tests/test_autotune.py's); the facts
+read off real hardware; explicit precisions; the CUDA switches; resuming under another."""
 
 import re
 import warnings
@@ -10,7 +11,7 @@ import torch
 
 from helpers import train
 from helpers.data import Datasets
-from helpers.machinery import device, execution
+from helpers.machinery import autotune, device, execution
 from helpers.machinery.device import Hardware
 from helpers.machinery.execution import SlowPrecisionWarning
 from tiny import TINY
@@ -103,15 +104,18 @@ def test_without_torchs_query_cpu_bf16_comes_from_the_cpu_flags(monkeypatch, fla
 
 
 @pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="needs Linux's /proc/cpuinfo")
-def test_on_this_machine_auto_follows_its_cpu_flags():
+def test_on_this_machine_auto_times_bf16_only_where_its_cpu_flags_have_it(tmp_path, monkeypatch):
     text = Path("/proc/cpuinfo").read_text()
     flags = set(re.search(r"^flags\s*:(.*)$", text, flags=re.MULTILINE).group(1).split())
     native = bool(flags & {"avx512_bf16", "amx_bf16"})
-    chosen = execution.resolve(CPU)
+    monkeypatch.delenv(autotune.SWITCH_ENV)  # measuring on, with fake timings and a cache of this test's
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))
+    asked = []
+    chosen = execution.resolve(CPU, timer=lambda names: asked.append(names) or dict.fromkeys(names, 50.0))
     assert chosen.hardware.native_bf16 is native
-    assert chosen.precision == ("bf16" if native else "fp32")
+    assert asked == ([["fp32", "bf16"]] if native else []) and chosen.precision == "fp32"
     model_name = re.search(r"^model name\s*:\s*(.+)$", text, flags=re.MULTILINE).group(1).strip()
-    assert str(chosen).startswith(f"{chosen.label} on {model_name} (")
+    assert str(chosen).startswith(f"{chosen.described} on {model_name} (")
     assert str(chosen).endswith(f"{'native' if native else 'no native'} bf16)")
 
 

@@ -43,7 +43,7 @@ class Hardware:
     device_type: str  # "cpu" or "cuda"
     name: str  # CPU model or GPU name
     native_bf16: bool  # CUDA: compute capability >= 8.0; CPU: AVX512-BF16 or AMX-BF16
-    detail: str  # "compute capability 9.0" or "2 threads, AVX512"
+    detail: str  # "compute capability 9.0", "2 threads, AVX512" or "2 threads, AVX512, AMX"
 
     def __str__(self) -> str:
         return f"{self.name} ({self.detail}, {'native' if self.native_bf16 else 'no native'} bf16)"
@@ -67,7 +67,7 @@ def hardware(device: torch.device) -> Hardware:
         "cpu",
         cpu_model(),
         cpu_native_bf16(),
-        f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}",
+        f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}{', AMX' if cpu_amx() else ''}",
     )
 
 
@@ -78,6 +78,13 @@ def cpu_native_bf16() -> bool:
         capabilities = query()
         return any(capabilities.get(flag, False) for flag in CPU_BF16_FLAGS)
     return any(flag in cpu_flags() for flag in CPU_BF16_FLAGS)
+
+
+def cpu_amx() -> bool:
+    """AMX tiles for bf16, where torch reports them: what oneDNN's fastest bf16 convolutions need, and a CPU
+    kind of its own (a virtual machine may hide AMX on a CPU that has it)."""
+    query = getattr(torch.cpu, "get_capabilities", None)
+    return bool(query().get("amx_bf16", False)) if query is not None else "amx_bf16" in cpu_flags()
 
 
 def cpu_flags() -> set[str]:
