@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     images = real_images(args.images)
     mean, std = data.channel_stats(images)
     on_device = images.to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)  # that GPU
     steps = {
         f"batched ({device.type}), batch {BATCH}": batches_of(batched_stream(on_device, mean, std, BATCH)),
         f"batched ({device.type}), batch {EPOCH_BATCH}, passes over all {len(images):,}": batches_of(

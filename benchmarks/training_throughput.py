@@ -1,21 +1,25 @@
 """Training throughput: the original README's pipeline against this project's, in every execution
 this machine offers, on the same real images.
 
-    python benchmarks/training_throughput.py [--device cuda] [--images 1024] [--bf16] [--compile] [--save]
+    python benchmarks/training_throughput.py [--device cuda] [--images 1024] [--rounds 4] [--bf16] [--compile] [--save]
 
 Every row trains the same ResNet18 (helpers.model.resnet18, seed 0) with SGD (lr 0.1, momentum 0.9,
 weight decay 5e-4) in batches of 128 on the same real CIFAR-10 training images:
 
     original README    per-image torchvision transforms with Cutout in a DataLoader (num_workers=2), fp32, NCHW
-    this project       uint8 images resident on the device, batched augmentation (helpers.train.new_run +
-                       train_epoch), once per execution: fp32 NCHW, fp32 channels_last, bf16 where the
-                       hardware computes it natively (or with --bf16), fp16 on CUDA
+    this project       uint8 images resident on the device, batched augmentation: helpers.train.new_run, then
+                       train_epoch over the images, once per execution: fp32 NCHW, fp32 channels_last, bf16
+                       where the hardware computes it natively (or with --bf16), fp16 on CUDA; with --compile,
+                       auto's execution also compiled (helpers.machinery.compiled: CUDA graphs on a GPU)
 
 The row that precision="auto" resolves to here (on a CPU with native bf16 measured once and remembered,
-helpers/machinery/autotune.py; else helpers.machinery.execution.AUTO) is marked *. After WARMUP
-untimed steps each, the rows take their timed steps in turn (one step of each, then the next round),
---images / 128 steps each, so that other load on the machine slows them alike. On CUDA every row,
-the original's included, runs with the switches helpers.machinery.execution sets (cuDNN autotuning, TF32).
+helpers/machinery/autotune.py; else helpers.machinery.execution.AUTO) is marked *. Throughput,
+not latency: each row is timed over blocks of many steps (--images / --rounds images a block), with no
+wait between its steps, as train_epoch runs them; on CUDA between two CUDA events and one synchronisation
+of that GPU at the end of each block. After one untimed block each (warm-up, compilation), the rows take
+their timed blocks in turn, --rounds rounds, so that other load on the machine slows them alike. On CUDA
+every row, the original's included, runs with the switches helpers.machinery.execution sets (cuDNN
+autotuning, TF32).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,12 +40,12 @@ from torch.utils.data import DataLoader
 
 from helpers import augment, config, data, train
 from helpers.data import Split
+from helpers.machinery.compiled import mode_for
 from helpers.machinery.device import DeviceError, resolve_device
 from helpers.machinery.execution import Execution, resolve
 from helpers.model import resnet18
 
 BATCH = 128  # images per SGD step, every pipeline
-WARMUP = 2  # untimed steps before each measurement
 WORKERS = 2  # DataLoader processes of the original README's pipeline
 BASELINE = "original README (fp32, NCHW)"
 
@@ -54,9 +59,26 @@ def real_subset(size: int) -> Split:
     return images.subset(torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:size])
 
 
-def synchronizer(device: torch.device):
-    """A function that waits for the device, so that timers see finished work."""
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+class Stopwatch:
+    """Seconds of a block of work as the device sees it: CUDA events on that GPU's stream and one
+    synchronisation of that GPU at the end; on a CPU, wall time."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def time(self, block: Callable[[], object]) -> float:
+        if self.device.type != "cuda":
+            start = time.perf_counter()
+            block()
+            return time.perf_counter() - start
+        with torch.cuda.device(self.device):
+            torch.cuda.synchronize(self.device)  # nothing of an earlier block is still running
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            block()
+            end.record()
+            torch.cuda.synchronize(self.device)
+            return begin.elapsed_time(end) / 1000
 
 
 def executions(device: torch.device, bf16: bool) -> list[Execution]:
@@ -70,7 +92,7 @@ def executions(device: torch.device, bf16: bool) -> list[Execution]:
     return offered
 
 
-# ---------------------------------------------------------------- one SGD step of each pipeline
+# ---------------------------------------------------------------- a block of SGD steps of each pipeline
 
 
 def endless(batches):
@@ -79,8 +101,8 @@ def endless(batches):
         yield from batches
 
 
-def loader_step(split: Split, mean, std, device):
-    """One fp32 NCHW SGD step of a plain training loop on the next batch of a per-image DataLoader."""
+def loader_block(split: Split, mean, std, device):
+    """len(split) / BATCH fp32 NCHW SGD steps of a plain training loop on a per-image DataLoader."""
     dataset = augment.ReferenceDataset(split.images, split.labels, mean, std)
     loader = DataLoader(
         dataset,
@@ -102,48 +124,54 @@ def loader_step(split: Split, mean, std, device):
         loss.backward()
         optimizer.step()
 
-    return step
+    def block():
+        for _ in range(len(split) // BATCH):
+            step()
+
+    return block
 
 
-def project_step(split: Split, mean, std, execution: Execution, compile_model: bool):
-    """One SGD step of helpers.train: train_epoch over the next batch of the shuffled, device-resident images."""
+def project_run(mean, std, execution: Execution, compile_model: bool) -> train.Run:
     cfg = config.RECIPE.replace(batch_size=BATCH, precision=execution.precision, compile=compile_model)
-    run = train.new_run(cfg, execution, mean, std)
-    device = execution.device
-    resident = Split(split.images.to(device), split.labels.to(device))
-    order = torch.randperm(len(resident), device=device, generator=torch.Generator(device).manual_seed(0))
-    batches = endless([resident.subset(index) for index in order.split(BATCH)])
-    return lambda: train.train_epoch(run, next(batches))
+    return train.new_run(cfg, execution, mean, std)
 
 
-def interleaved_seconds(steps: dict, count: int, sync) -> dict[str, float]:
-    """Seconds each pipeline spends on `count` steps, taken in turn (after WARMUP each), so that a change
-    in background load slows every pipeline alike and their ratios stay meaningful."""
-    for step in steps.values():
-        for _ in range(WARMUP):
-            step()
-    seconds = dict.fromkeys(steps, 0.0)
-    for _ in range(count):
-        for name, step in steps.items():
-            sync()
-            start = time.perf_counter()
-            step()
-            sync()
-            seconds[name] += time.perf_counter() - start
+def project_block(split: Split, run: train.Run):
+    """One helpers.train.train_epoch over the split, resident on the run's device: shuffled, augmented in
+    batches, len(split) / BATCH steps with no wait between them."""
+    resident = Split(split.images.to(run.device), split.labels.to(run.device))
+    return lambda: train.train_epoch(run, resident)
+
+
+def project_name(execution: Execution, compile_model: bool) -> str:
+    compiled = f", compiled: {mode_for(execution.device)}" if compile_model else ""
+    return f"this project ({execution.label}{compiled})"
+
+
+def interleaved_seconds(blocks: dict[str, Callable], rounds: int, stopwatch: Stopwatch) -> dict[str, float]:
+    """Seconds each pipeline spends on its `rounds` timed blocks, taken in turn after one untimed block
+    each, so that a change in background load slows every pipeline alike and their ratios stay meaningful."""
+    for block in blocks.values():
+        stopwatch.time(block)  # warm-up: autotuning, allocations, compilation, CUDA-graph capture
+    seconds = dict.fromkeys(blocks, 0.0)
+    for _ in range(rounds):
+        for name, block in blocks.items():
+            seconds[name] += stopwatch.time(block)
     return seconds
 
 
 # ---------------------------------------------------------------- report
 
 
-def report(out: Report, results: dict[str, float], images: int, auto: str, compiled: bool) -> dict:
-    """Print the table (auto's row marked *) and return the same figures for JSON."""
+def report(out: Report, results: dict[str, float], images: int, auto: str, compiled: bool, rounds: int) -> dict:
+    """Print the table (auto's eager row marked *) and return the same figures for JSON."""
     baseline = images / results[BASELINE]
     out(
-        f"{images:,} training images; batch size {BATCH}; precision auto resolves to {auto} here"
-        f"{'; this project compiled' if compiled else ''}\n"
+        f"{images:,} training images timed per pipeline, in {rounds} blocks taken in turn; batch size {BATCH}; "
+        f"precision auto resolves to {auto} here{', also compiled' if compiled else ''}\n"
     )
-    out(f"{'pipeline':<44} {'images/s':>9} {'seconds':>8} {'speed-up':>9}")
+    width = max(map(len, results)) + 2
+    out(f"{'pipeline':<{width}} {'images/s':>9} {'seconds':>8} {'speed-up':>9}")
     rows = []
     for name, seconds in results.items():
         rate = images / seconds
@@ -156,7 +184,9 @@ def report(out: Report, results: dict[str, float], images: int, auto: str, compi
                 "speedup": round(rate / baseline, 2),
             }
         )
-        out(f"{name + (' *' if rows[-1]['auto'] else ''):<44} {rate:>9.1f} {seconds:>8.2f} {rate / baseline:>8.2f}x")
+        out(
+            f"{name + (' *' if rows[-1]['auto'] else ''):<{width}} {rate:>9.1f} {seconds:>8.2f} {rate / baseline:>8.2f}x"
+        )
     chosen = next(row for row in rows if row["auto"])
     fastest = max(rows, key=lambda row: row["images_per_s"])
     out(
@@ -169,6 +199,7 @@ def report(out: Report, results: dict[str, float], images: int, auto: str, compi
         "data": config.data_label(),
         "images": images,
         "batch_size": BATCH,
+        "rounds": rounds,
         "compile": compiled,
         "auto": auto,
         "results": rows,
@@ -177,30 +208,34 @@ def report(out: Report, results: dict[str, float], images: int, auto: str, compi
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--images", type=int, default=1024, help="real training images each pipeline trains on (timed)")
+    parser.add_argument("--rounds", type=int, default=4, help="timed blocks of each pipeline, taken in turn")
     parser.add_argument("--bf16", action="store_true", help="measure bf16 even where the hardware only emulates it")
-    parser.add_argument("--compile", action="store_true", help="torch.compile this project's model")
+    parser.add_argument("--compile", action="store_true", help="also measure auto's execution compiled")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--save", action="store_true", help="keep the output in benchmarks/results/, named by machine")
     args = parser.parse_args(argv)
     os.environ.setdefault("CIFAR10_PROGRESS", "off")  # no progress bars between the table's lines
-    count = args.images // BATCH  # timed steps of each pipeline
-    if count < 1:
-        parser.error(f"--images must be at least the batch size, {BATCH}")
+    steps = args.images // (BATCH * args.rounds)  # SGD steps in each timed block
+    if steps < 1:
+        parser.error(f"--images must be at least --rounds x the batch size ({args.rounds * BATCH})")
     try:
         device = resolve_device(args.device)
-    except DeviceError as exc:  # CUDA asked for but absent
+    except DeviceError as exc:  # CUDA asked for but absent, or an index this machine lacks
         sys.exit(f"error: {exc}")
     out = Report(device)
-    split = real_subset(count * BATCH)
+    split = real_subset(steps * BATCH)
     mean, std = data.channel_stats(split.images)
-    steps = {BASELINE: loader_step(split, mean, std, device)}
-    for execution in executions(device, args.bf16):
-        steps[f"this project ({execution.label})"] = project_step(split, mean, std, execution, args.compile)
-    results = interleaved_seconds(steps, count, synchronizer(device))
+    blocks = {BASELINE: loader_block(split, mean, std, device)}
     auto = resolve(device)
-    summary = report(out, results, len(split), auto.label, args.compile)
+    for execution in executions(device, args.bf16):
+        compiled_too = args.compile and execution == auto  # compiling takes minutes: the execution runs use
+        for compile_model in (False, True) if compiled_too else (False,):
+            run = project_run(mean, std, execution, compile_model)
+            blocks[project_name(execution, compile_model)] = project_block(split, run)
+    results = interleaved_seconds(blocks, args.rounds, Stopwatch(device))
+    summary = report(out, results, len(split) * args.rounds, auto.label, args.compile, args.rounds)
     if auto.measured:
         out(f"auto's own measurement ({'remembered' if auto.measured.remembered else 'timed now'}): {auto.measured}")
     if args.json:

@@ -45,7 +45,7 @@ def logits(
     softmax of each image and its mirror image (so cross_entropy on the result stays meaningful)."""
     model.eval()
     device = execution.device
-    mean, std = (torch.tensor(v, device=device) for v in (mean, std))  # copied once, not per chunk
+    mean, std = (torch.tensor(v).to(device, non_blocking=True) for v in (mean, std))  # once, without a sync
     scores = []
     for chunk in images.split(batch_size):
         x = normalize(chunk.to(device, non_blocking=True), mean, std).contiguous(memory_format=execution.memory_format)
@@ -53,7 +53,7 @@ def logits(
             out = model(x).float()
             if flip_tta:
                 out = ((out.softmax(1) + model(x.flip(-1)).float().softmax(1)) / 2).log()
-        scores.append(out)
+        scores.append(out.clone())  # a compiled model's next CUDA-graph replay would overwrite its output
     return torch.cat(scores)
 
 

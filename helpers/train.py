@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import cast
 
 import pandas as pd
 import torch
@@ -39,8 +38,10 @@ from .config import Config
 from .data import CLASSES, DataError, Datasets, Split, prepare
 from .evaluate import logits
 from .machinery import checkpoint, lock
+from .machinery.compiled import Compiled
 from .machinery.device import DeviceError, resolve_device
 from .machinery.execution import CHOICES, Execution, resolve
+from .machinery.optimizer import sgd
 from .machinery.progress import live_curves, progress
 from .machinery.resume import Plan, capture, decide, restore
 from .model import resnet18
@@ -103,11 +104,10 @@ class Run:
     fingerprint: str | None = None  # the data's content key, when known (provenance.DataIdentity)
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
-    forward: nn.Module = field(init=False)  # the model, compiled when asked
+    forward: nn.Module = field(init=False)  # the model, compiled when asked (CUDA graphs on a GPU)
 
     def __post_init__(self) -> None:
-        # torch.compile of a module returns a module (OptimizedModule); its annotation only says Callable
-        self.forward = cast(nn.Module, torch.compile(self.model)) if self.cfg.compile else self.model
+        self.forward = Compiled(self.model, self.device) if self.cfg.compile else self.model
 
     @property
     def device(self) -> torch.device:
@@ -120,7 +120,9 @@ def new_run(
     """A freshly initialised model with the recipe's optimizer, scheduler and seeded generators."""
     torch.manual_seed(cfg.seed)
     model = resnet18(width=cfg.width).to(execution.device, memory_format=execution.memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = sgd(
+        model.parameters(), execution.device, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
     )
@@ -150,7 +152,8 @@ def train_epoch(run: Run, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
     correct = torch.zeros((), device=run.device, dtype=torch.int64)
     order = torch.randperm(len(train), device=run.device, generator=run.generator)
     batches = order.split(run.cfg.batch_size)
-    mean, std = (torch.tensor(v, device=run.device) for v in (run.mean, run.std))  # copied once, not per step
+    # copied once, not per step, and without waiting (an ordinary host-to-device copy is a sync)
+    mean, std = (torch.tensor(v).to(run.device, non_blocking=True) for v in (run.mean, run.std))
     for index in progress(batches, desc=f"epoch {run.epoch + 1}", unit="batch", leave=False):
         images = augment(train.images[index], mean, std, run.cfg, run.generator)
         images = images.contiguous(memory_format=run.execution.memory_format)

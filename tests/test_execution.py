@@ -183,3 +183,18 @@ def test_a_run_started_where_auto_meant_bf16_resumes_where_it_means_fp32(tiny, t
     saved = torch.load(path, weights_only=True)
     assert saved["config"]["precision"] == "auto" and saved["execution"]["precision"] == real.precision
     assert saved["execution"]["hardware"] == str(real.hardware)
+
+
+# ---------------------------------------------------------------- devices asked for
+
+
+def test_a_gpu_index_beyond_the_machines_gpus_is_a_one_line_error(monkeypatch, capsys):
+    """--device cuda:3 on a one-GPU machine: the error names what there is, before anything asks the GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(device.DeviceError, match=r"'cuda:3' was asked for, but this machine has 1 CUDA GPU \(cuda:0\)"):
+        device.resolve_device("cuda:3")
+    assert device.resolve_device("cuda:0") == torch.device("cuda:0")
+    assert train.main(["--device", "cuda:3", "--epochs", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: Device 'cuda:3'") and error.count("\n") == 1

@@ -33,6 +33,12 @@ def resolve_device(name: str = "auto") -> torch.device:
             f"Device '{name}' was asked for, but no CUDA GPU is available to torch "
             f"{torch.__version__} ({build}). Use --device cpu, or --device auto."
         )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise DeviceError(
+            f"Device '{name}' was asked for, but this machine has {count} CUDA GPU{'s' if count > 1 else ''} "
+            f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}). Use one of those, or --device cuda."
+        )
     return device
 
 

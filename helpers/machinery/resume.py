@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,7 @@ def capture(run: Run) -> dict:
 
 def restore(run: Run, state: dict) -> None:
     """Continue `run` from a checkpoint that decide() found to be of its configuration and device type."""
+    note_another_gpu(run, state)
     checkpoint.load_weights(run.model, state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -184,3 +186,20 @@ def restore(run: Run, state: dict) -> None:
     torch.set_rng_state(state["rng"]["torch"])
     run.epoch, run.history = state["epoch"], list(state["history"])
     run.mean, run.std = tuple(state["mean"]), tuple(state["std"])
+
+
+def note_another_gpu(run: Run, state: dict) -> None:
+    """Say so when a GPU run resumes on another GPU model: it continues, but not as it would have gone on
+    there, because a CUDA generator's state draws other shuffles and augmentations on another GPU."""
+    trained_on = state.get("execution", {}).get("hardware")
+    if run.device.type == "cuda" and trained_on and gpu_name(trained_on) != run.execution.hardware.name:
+        print(
+            f"Note: this run was trained on {gpu_name(trained_on)} and resumes on {run.execution.hardware.name}: "
+            "it continues, but its later epochs are not those it would have had there (other random draws).",
+            file=sys.stderr,
+        )
+
+
+def gpu_name(hardware: str) -> str:
+    """'NVIDIA H200' of 'NVIDIA H200 (compute capability 9.0, native bf16)', as Hardware's str writes it."""
+    return hardware.rsplit(" (", 1)[0]
