@@ -226,6 +226,31 @@ def compare_precisions(
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("execution")
 
 
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 that minimises the cross-entropy of
+    softmax(logits / T) on these labels, by LBFGS. Fit it on the validation split, never on the test set.
+    Log-probabilities do as well as logits: they differ by a constant per image, which softmax ignores."""
+    logits, labels = logits.detach().double().cpu(), labels.cpu()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
+    optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return log_t.exp().item()
+
+
+def with_temperature(p: Predictions, temperature: float) -> Predictions:
+    """The same predictions with probabilities softmax(log p / T): softer for T > 1, sharper for T < 1.
+    Dividing by a positive T keeps every image's order of classes, so the argmax (and accuracy) is unchanged."""
+    log_p = p.probs.double().clamp_min(torch.finfo(torch.float64).tiny).log()
+    return Predictions(p.labels, (log_p / temperature).softmax(1))
+
+
 # ---------------------------------------------------------------- command line
 
 

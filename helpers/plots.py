@@ -3,6 +3,7 @@ the command line's beside the run they show."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.ticker import MaxNLocator
 
 from . import config
@@ -94,11 +96,24 @@ def learning_curves(history: pd.DataFrame, figure: plt.Figure | None = None) -> 
     history[["train_loss", "val_loss"]].plot(ax=axes[0], marker=".", title="cross-entropy loss")
     (history[["train_acc", "val_acc"]] * 100).plot(ax=axes[1], marker=".", title="accuracy (%)")
     history["lr"].plot(ax=axes[2], marker=".", logy=True, title="learning rate", color="tab:purple")
+    mark_chance_and_lr_drops(axes, history)
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
+
+
+def mark_chance_and_lr_drops(axes, history: pd.DataFrame, classes: int = 10) -> None:
+    """What makes learning curves readable: the chance level (a uniform guess: loss ln(classes),
+    accuracy 1/classes) and a dotted line before each epoch that starts with a lower learning rate."""
+    axes[0].axhline(math.log(classes), color="grey", linestyle="--", linewidth=1, label=f"chance: ln {classes}")
+    axes[1].axhline(100 / classes, color="grey", linestyle="--", linewidth=1, label="chance")
+    drops = history.index[history["lr"].diff() < 0]
+    for ax in axes:
+        for i, epoch in enumerate(drops):
+            ax.axvline(epoch - 0.5, color="tab:purple", linestyle=":", label="lr drop" if i == 0 else None)
+        ax.legend(fontsize=8)
 
 
 def confusion_matrix(cm: pd.DataFrame, normalize: bool = False, data_label: str | None = None) -> plt.Figure:
@@ -126,8 +141,23 @@ def per_class_bars(report: pd.DataFrame, column: str = "recall") -> plt.Figure:
 
 def reliability_diagram(table: pd.DataFrame, ece: float) -> plt.Figure:
     """Accuracy against confidence per bin; a calibrated model sits on the diagonal."""
-    used = table[table["count"] > 0]
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    draw_reliability(ax, table, f"reliability (ECE {ece:.3f})")
+    return fig
+
+
+def reliability_diagrams(tables: dict[str, pd.DataFrame], eces: dict[str, float]) -> plt.Figure:
+    """Reliability diagrams side by side (before and after a remedy, say), each titled with its ECE."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.5 * len(tables), 4.5), squeeze=False)
+    for ax, (name, table) in zip(axes[0], tables.items(), strict=True):
+        draw_reliability(ax, table, f"{name} (ECE {eces[name]:.3f})")
+    fig.tight_layout()
+    return fig
+
+
+def draw_reliability(ax, table: pd.DataFrame, title: str) -> None:
+    """One reliability diagram: a bar per used bin at its accuracy, and the diagonal of perfect calibration."""
+    used = table[table["count"] > 0]
     ax.bar(
         used.low,
         used.accuracy,
@@ -138,9 +168,8 @@ def reliability_diagram(table: pd.DataFrame, ece: float) -> plt.Figure:
         label="accuracy in bin",
     )
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"reliability (ECE {ece:.3f})")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
     ax.legend(loc="upper left")
-    return fig
 
 
 def gradcam_grid(images: torch.Tensor, maps: torch.Tensor, titles=None, size: float = 1.5) -> plt.Figure:
@@ -185,3 +214,73 @@ def feature_maps(maps: torch.Tensor, count: int = 16, columns: int = 8, title=No
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def residual_block_diagram() -> plt.Figure:
+    """torchvision's BasicBlock as boxes and arrows: the identity shortcut (layer1.0) beside the 1x1-conv
+    shortcut of a block that halves the size and doubles the channels (layer2.0)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 6))
+    draw_block(axes[0], "layer1.0: shapes kept", "64x32x32", "64x32x32", "identity", 1)
+    draw_block(
+        axes[1],
+        "layer2.0: size halved, channels doubled",
+        "64x32x32",
+        "128x16x16",
+        "1x1 conv, stride 2\n+ batch norm",
+        2,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def draw_block(ax, title: str, shape_in: str, shape_out: str, shortcut: str, stride: int) -> None:
+    """One residual block, bottom to top: x, the main path F(x), the shortcut beside it, the sum and the ReLU."""
+    channels = shape_out.split("x")[0]
+    main = [
+        (f"3x3 conv, {channels} channels, stride {stride}", "tab:blue"),
+        ("batch norm", "tab:orange"),
+        ("ReLU", "tab:green"),
+        (f"3x3 conv, {channels} channels, stride 1", "tab:blue"),
+        ("batch norm", "tab:orange"),
+    ]
+    ax.set(xlim=(-0.5, 10), ylim=(-0.5, 10.5), title=title)
+    ax.axis("off")
+    x_main, x_short, height = 3.5, 8.0, 0.8
+
+    def box(x, y, text, colour, width=5.6):
+        ax.add_patch(
+            FancyBboxPatch(
+                (x - width / 2, y - height / 2), width, height, boxstyle="round,pad=0.05", fc=colour, alpha=0.25, ec="k"
+            )
+        )
+        ax.text(x, y, text, ha="center", va="center", fontsize=8.5)
+
+    def arrow(start, end, head=True, **style):
+        ax.add_patch(
+            FancyArrowPatch(start, end, arrowstyle="-|>" if head else "-", mutation_scale=12, color="k", **style)
+        )
+
+    ax.text(x_main, 0, f"x  ({shape_in})", ha="center", va="center", fontsize=10)
+    ys = [1.4 + 1.25 * i for i in range(len(main))]
+    for (text, colour), y in zip(main, ys, strict=True):
+        box(x_main, y, text, colour)
+    for y0, y1 in zip([0.3, *ys], ys, strict=False):
+        arrow((x_main, y0 + (height / 2 if y0 != 0.3 else 0)), (x_main, y1 - height / 2))
+    y_sum = ys[-1] + 1.3
+    ax.add_patch(plt.Circle((x_main, y_sum), 0.35, fc="white", ec="k"))
+    ax.text(x_main, y_sum, "+", ha="center", va="center", fontsize=14)
+    arrow((x_main, ys[-1] + height / 2), (x_main, y_sum - 0.35))
+    ax.plot([x_main - 3.1] * 2, [ys[0] - height / 2, ys[-1] + height / 2], color="k", linewidth=1)
+    ax.text(x_main - 3.3, (ys[0] + ys[-1]) / 2, "F(x)", ha="right", va="center", fontsize=12)
+    y_short, identity = (ys[0] + ys[-1]) / 2, shortcut == "identity"
+    if identity:
+        ax.plot([x_short] * 2, [y_short - height / 2, y_short + height / 2], color="k", linewidth=1.2)
+        ax.text(x_short + 0.2, y_short, "identity", ha="left", va="center", fontsize=9, style="italic")
+    else:
+        box(x_short, y_short, shortcut, "tab:red", width=3.0)
+    arrow((x_main + 0.4, 0.2), (x_short, y_short - height / 2), head=not identity, connectionstyle="arc3,rad=0.25")
+    arrow((x_short, y_short + height / 2), (x_main + 0.35, y_sum), connectionstyle="arc3,rad=0.25")
+    box(x_main, y_sum + 1.1, "ReLU", "tab:green")
+    arrow((x_main, y_sum + 0.35), (x_main, y_sum + 1.1 - height / 2))
+    ax.text(x_main, y_sum + 2.1, f"y = ReLU(F(x) + shortcut(x))  ({shape_out})", ha="center", va="center", fontsize=10)
+    arrow((x_main, y_sum + 1.1 + height / 2), (x_main, y_sum + 1.85))
