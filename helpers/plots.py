@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
 from . import config
 
@@ -92,11 +92,25 @@ def learning_curves(history: pd.DataFrame, figure: plt.Figure | None = None) -> 
     history[["train_loss", "val_loss"]].plot(ax=axes[0], marker=".", title="cross-entropy loss")
     (history[["train_acc", "val_acc"]] * 100).plot(ax=axes[1], marker=".", title="accuracy (%)")
     history["lr"].plot(ax=axes[2], marker=".", logy=True, title="learning rate", color="tab:purple")
+    label_learning_rates(axes[2], history["lr"])
+    first, last = history.index.min(), history.index.max()
     for ax in axes:
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(first - 0.5, last + 0.5)  # whole epochs, and one point (after epoch 1) sits in the middle
     fig.tight_layout()
     return fig
+
+
+def label_learning_rates(ax: plt.Axes, lr: pd.Series) -> None:
+    """Ticks at the learning rates the run used, written out (0.02, 0.01), instead of the log axis's decades
+    alone; a long schedule keeps matplotlib's ticks, with plain numbers."""
+    used = np.unique(lr.to_numpy())
+    ax.yaxis.set_minor_locator(NullLocator())
+    if len(used) <= 8:
+        ax.set_yticks(used)
+        ax.set_ylim(used.min() / 1.5, used.max() * 1.5)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
 
 
 def confusion_matrix(cm: pd.DataFrame, normalize: bool = False) -> plt.Figure:

@@ -21,11 +21,13 @@ import time
 
 import nbformat
 import torch
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, DeadKernelError
 
 from . import config
+from .machinery.device import say_if_gpu_unused
 from .machinery.execution import Execution, resolve
 
 NOTEBOOK_DIR = config.REPO_ROOT / "notebooks"
@@ -82,23 +84,35 @@ def warn_without_gpu(cfg: config.Config) -> None:
     )
 
 
+KERNEL = "python3"
+
+
 def execute(path) -> None:
     """Run one notebook in a fresh kernel started in notebooks/, and store it with its outputs."""
     notebook = nbformat.read(path, as_version=4)
     client: NotebookClient = NotebookClient(
         notebook,
         timeout=None,
-        kernel_name="python3",
+        kernel_name=KERNEL,
         resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
         # let the kernel's own stderr (progress bars) reach this terminal, not the notebook
         extra_arguments=["--IPKernelApp.capture_fd_output=False"],
         record_timing=False,  # no timestamps in the stored notebooks
+        store_widget_state=False,  # no widget outlives its cell (machinery/progress.py): none to store
         on_notebook_start=lambda notebook: pass_ctrl_c_to_the_kernel(client),
     )
     client.execute()
+    notebook.metadata["kernelspec"] = kernelspec()
     partial = path.with_name(path.name + ".partial")
     nbformat.write(notebook, partial)
     os.replace(partial, path)  # a notebook is never left half written
+
+
+def kernelspec() -> dict:
+    """The kernel's entry as JupyterLab writes it ("Python 3 (ipykernel)"), so that a stored notebook
+    opens unmodified: JupyterLab rewrites any other display name and then asks to save on closing."""
+    spec = KernelSpecManager().get_kernel_spec(KERNEL)
+    return {"display_name": spec.display_name, "language": spec.language, "name": KERNEL}
 
 
 def pass_ctrl_c_to_the_kernel(client: NotebookClient) -> None:
@@ -153,6 +167,7 @@ def main(argv=None) -> int:
     if args.quick:
         os.environ["CIFAR10_QUICK"] = "1"
     os.environ.setdefault("CIFAR10_PROGRESS", "terminal")
+    say_if_gpu_unused()  # the notebooks say it too, in their set-up cells (resolve_device)
     try:
         warn_without_gpu(config.active_config())
     except KeyboardInterrupt:

@@ -36,7 +36,7 @@ from .evaluate import logits
 from .machinery import checkpoint
 from .machinery.device import DeviceError, resolve_device
 from .machinery.execution import CHOICES, Execution, resolve
-from .machinery.progress import live_curves, progress
+from .machinery.progress import in_notebook, live_curves, progress, tell
 from .machinery.resume import capture, decide, restore
 from .model import resnet18
 
@@ -139,7 +139,15 @@ def train_epoch(run: Run, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
 
 def validate(run: Run, val: Split) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean loss, accuracy) on the validation split, as device tensors."""
-    out = logits(run.forward, val.images, run.mean, run.std, run.execution, run.cfg.eval_batch_size)
+    out = logits(
+        run.forward,
+        val.images,
+        run.mean,
+        run.std,
+        run.execution,
+        run.cfg.eval_batch_size,
+        shown_as=f"validation {run.epoch + 1}",
+    )
     return F.cross_entropy(out, val.labels), (out.argmax(1) == val.labels).float().mean()
 
 
@@ -180,12 +188,14 @@ def fit(
     execution = device if isinstance(device, Execution) else resolve(resolve_device(device), cfg.precision)
     datasets = datasets or prepare(cfg)
     path = Path(checkpoint_path or config.checkpoint_path(cfg))
-    plan = decide(cfg, path, datasets.label, execution.device.type, fresh=fresh, required=resume)
+    plan = decide(
+        cfg, path, datasets.label, execution.device.type, fresh=fresh, required=resume, notebook=in_notebook()
+    )
     if plan.message:
-        print(plan.message, flush=True)
+        tell(plan.message)
     if plan.action == "reuse" and plan.state is not None:
         history = history_frame(plan.state["history"])
-        live_curves().show(history)
+        live_curves(live=False).final(history)
         return history
     run = new_run(cfg, execution, datasets.mean, datasets.std, datasets.label)
     if plan.action == "resume" and plan.state is not None:
@@ -198,8 +208,9 @@ def fit(
 
 def train_epochs(run: Run, datasets: Datasets, path: Path) -> None:
     """Epochs from run.epoch + 1 to the last, each checkpointed at most every cfg.checkpoint_every_s
-    seconds and after the last; on any exception (Ctrl-C, a non-finite loss, out of memory) the last
-    finished epoch is written first. The learning curves are redrawn after every epoch in a notebook."""
+        seconds and after the last; on any exception (Ctrl-C, a non-finite loss, out of memory) the last
+        finished epoch is written first. In a notebook the learning curves are redrawn while it trains
+    (at most every few seconds, never making an epoch wait) and once at the end."""
     cfg, device = run.cfg, run.device
     train = Split(datasets.train.images.to(device), datasets.train.labels.to(device))
     val = Split(datasets.val.images.to(device), datasets.val.labels.to(device))
@@ -230,7 +241,7 @@ def train_epochs(run: Run, datasets: Datasets, path: Path) -> None:
             run.epoch = epoch
             snapshot = capture(run)
             epochs.set_postfix(val_acc=f"{record['val_acc']:.3f}", lr=f"{record['lr']:.3g}")
-            curves.show(history_frame(run.history))
+            curves.update(history_frame(run.history))
             if epoch == cfg.epochs or time.monotonic() - last_write > cfg.checkpoint_every_s:
                 write_outputs(snapshot, path)
                 written, last_write = epoch, time.monotonic()
@@ -239,16 +250,17 @@ def train_epochs(run: Run, datasets: Datasets, path: Path) -> None:
             write_outputs(snapshot, path)
             written = snapshot["epoch"]
         if written:
-            print(
+            tell(
                 f"Stopped; {config.shown_path(path)} holds epoch {written}. Run the same command or cell "
                 "again to continue from there.",
                 file=sys.stderr,
             )
         else:
-            print("Stopped before the first epoch ended; nothing was saved.", file=sys.stderr)
+            tell("Stopped before the first epoch ended; nothing was saved.", file=sys.stderr)
         raise
     finally:
         epochs.close()
+        curves.final(history_frame(run.history))
 
 
 def run_epoch(run: Run, train: Split, val: Split) -> dict:

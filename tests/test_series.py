@@ -1,5 +1,6 @@
 """`make series`: which notebooks it runs, what it says on a machine without a GPU, and Ctrl-C."""
 
+import nbformat
 import pytest
 import torch
 
@@ -42,3 +43,22 @@ def test_the_estimate_times_one_real_step_of_the_execution_that_will_run(monkeyp
     assert all(ran == used for _, ran in batches) and used == execution.resolve(resolve_device("auto"))
     assert 0 < seconds_per_image < 10
     assert series.estimated_hours(cfg, 1 / 50) == pytest.approx(12.5)
+
+
+@pytest.mark.slow
+def test_a_notebook_the_series_ran_opens_unmodified_in_jupyterlab(tmp_path):
+    """JupyterLab writes the kernel's display name, "Python 3 (ipykernel)" (ipykernel's kernel.json), over any
+    other, and then asks to save an unchanged notebook on closing. The series stores that name, and no widget state."""
+    path = tmp_path / "plain.ipynb"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    notebook.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nbformat.write(notebook, path)
+    series.execute(path)
+    stored = nbformat.read(path, as_version=4)
+    assert stored.metadata["kernelspec"] == {
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+        "name": "python3",
+    }
+    assert "widgets" not in stored.metadata
+    assert stored.cells[0].outputs[0]["text"] == "42\n"
