@@ -28,6 +28,7 @@ from .data import CLASSES, DataError, Datasets, prepare
 from .machinery import checkpoint, provenance
 from .machinery.device import DeviceError, resolve_device
 from .machinery.execution import CHOICES, Execution, SlowPrecisionWarning, resolve
+from .machinery.progress import progress
 from .model import resnet18
 
 
@@ -40,14 +41,16 @@ def logits(
     execution: Execution,
     batch_size: int = 1000,
     flip_tta: bool = False,
+    shown_as: str | None = None,
 ) -> torch.Tensor:
     """float32 class scores of uint8 images, on the execution's device; with flip_tta, log of the mean
-    softmax of each image and its mirror image (so cross_entropy on the result stays meaningful)."""
+    softmax of each image and its mirror image (so cross_entropy on the result stays meaningful).
+    `shown_as` names a progress bar over the batches (validation during training); None shows none."""
     model.eval()
     device = execution.device
     mean, std = (torch.tensor(v).to(device, non_blocking=True) for v in (mean, std))  # once, without a sync
     scores = []
-    for chunk in images.split(batch_size):
+    for chunk in progress(images.split(batch_size), desc=shown_as, unit="batch", leave=False, disable=shown_as is None):
         x = normalize(chunk.to(device, non_blocking=True), mean, std).contiguous(memory_format=execution.memory_format)
         with execution.autocast():
             out = model(x).float()

@@ -12,7 +12,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
 from . import config
 
@@ -97,9 +97,12 @@ def learning_curves(history: pd.DataFrame, figure: plt.Figure | None = None) -> 
     (history[["train_acc", "val_acc"]] * 100).plot(ax=axes[1], marker=".", title="accuracy (%)")
     history["lr"].plot(ax=axes[2], marker=".", logy=True, title="learning rate", color="tab:purple")
     mark_chance_and_lr_drops(axes, history)
+    label_learning_rates(axes[2], history["lr"])
+    first, last = history.index.min(), history.index.max()
     for ax in axes:
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(first - 0.5, last + 0.5)  # whole epochs, and one point (after epoch 1) sits in the middle
     fig.tight_layout()
     return fig
 
@@ -114,6 +117,17 @@ def mark_chance_and_lr_drops(axes, history: pd.DataFrame, classes: int = 10) -> 
         for i, epoch in enumerate(drops):
             ax.axvline(epoch - 0.5, color="tab:purple", linestyle=":", label="lr drop" if i == 0 else None)
         ax.legend(fontsize=8)
+
+
+def label_learning_rates(ax: plt.Axes, lr: pd.Series) -> None:
+    """Ticks at the learning rates the run used, written out (0.02, 0.01), instead of the log axis's decades
+    alone; a long schedule keeps matplotlib's ticks, with plain numbers."""
+    used = np.unique(lr.to_numpy())
+    ax.yaxis.set_minor_locator(NullLocator())
+    if len(used) <= 8:
+        ax.set_yticks(used)
+        ax.set_ylim(used.min() / 1.5, used.max() * 1.5)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
 
 
 def confusion_matrix(cm: pd.DataFrame, normalize: bool = False, data_label: str | None = None) -> plt.Figure:

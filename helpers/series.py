@@ -24,12 +24,14 @@ from dataclasses import dataclass
 
 import nbformat
 import torch
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, DeadKernelError
 
 from . import config
 from .machinery.atomic import replacing
+from .machinery.device import say_if_gpu_unused
 from .machinery.execution import Execution, resolve
 
 NOTEBOOK_DIR = config.REPO_ROOT / "notebooks"
@@ -86,6 +88,9 @@ def warn_without_gpu(cfg: config.Config) -> None:
     )
 
 
+KERNEL = "python3"
+
+
 @dataclass
 class CellFailed(Exception):
     """A cell of a notebook raised; str() is one line naming the notebook, the cell and the error."""
@@ -108,11 +113,12 @@ def execute(path) -> None:
     client: NotebookClient = NotebookClient(
         notebook,
         timeout=None,
-        kernel_name="python3",
+        kernel_name=KERNEL,
         resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
         # let the kernel's own stderr (progress bars) reach this terminal, not the notebook
         extra_arguments=["--IPKernelApp.capture_fd_output=False"],
         record_timing=False,  # no timestamps in the stored notebooks
+        store_widget_state=False,  # no widget outlives its cell (machinery/progress.py): none to store
         on_notebook_start=lambda notebook: pass_ctrl_c_to_the_kernel(client),
         on_cell_error=lambda cell, cell_index, execute_reply: failed.append(cell_index),
     )
@@ -120,8 +126,16 @@ def execute(path) -> None:
         client.execute()
     except CellExecutionError as exc:
         raise CellFailed(path.name, failed[-1] + 1 if failed else None, exc.ename, exc.evalue) from None
+    notebook.metadata["kernelspec"] = kernelspec()
     with replacing(path, "w", encoding="utf-8") as file:  # a notebook is never left half written
         nbformat.write(notebook, file)
+
+
+def kernelspec() -> dict:
+    """The kernel's entry as JupyterLab writes it ("Python 3 (ipykernel)"), so that a stored notebook
+    opens unmodified: JupyterLab rewrites any other display name and then asks to save on closing."""
+    spec = KernelSpecManager().get_kernel_spec(KERNEL)
+    return {"display_name": spec.display_name, "language": spec.language, "name": KERNEL}
 
 
 def pass_ctrl_c_to_the_kernel(client: NotebookClient) -> None:
@@ -198,6 +212,7 @@ def main(argv=None) -> int:
     if args.fresh:
         os.environ["CIFAR10_FRESH"] = "1"  # notebook kernels inherit it: train.fit starts again
     os.environ.setdefault("CIFAR10_PROGRESS", "terminal")
+    say_if_gpu_unused()  # the notebooks say it too, in their set-up cells (resolve_device)
     try:
         warn_without_gpu(config.active_config())
     except KeyboardInterrupt:

@@ -42,7 +42,7 @@ from .machinery.compiled import Compiled
 from .machinery.device import DeviceError, resolve_device
 from .machinery.execution import CHOICES, Execution, resolve
 from .machinery.optimizer import sgd
-from .machinery.progress import live_curves, progress
+from .machinery.progress import in_notebook, live_curves, progress, tell
 from .machinery.resume import Plan, capture, decide, restore
 from .model import resnet18
 
@@ -172,7 +172,15 @@ def train_epoch(run: Run, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
 
 def validate(run: Run, val: Split) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean loss, accuracy) on the validation split, as device tensors."""
-    out = logits(run.forward, val.images, run.mean, run.std, run.execution, run.cfg.eval_batch_size)
+    out = logits(
+        run.forward,
+        val.images,
+        run.mean,
+        run.std,
+        run.execution,
+        run.cfg.eval_batch_size,
+        shown_as=f"validation {run.epoch + 1}",
+    )
     return F.cross_entropy(out, val.labels), (out.argmax(1) == val.labels).float().mean()
 
 
@@ -235,10 +243,17 @@ def train_or_reuse(
 ) -> pd.DataFrame:
     """resume.decide's rule, applied by the run's one writer."""
     plan = decide(
-        cfg, path, datasets.label, execution.device.type, fresh=fresh, required=resume, fingerprint=datasets.fingerprint
+        cfg,
+        path,
+        datasets.label,
+        execution.device.type,
+        fresh=fresh,
+        required=resume,
+        fingerprint=datasets.fingerprint,
+        notebook=in_notebook(),
     )
     if plan.message:
-        print(plan.message, flush=True)
+        tell(plan.message)
     if plan.action == "reuse" and plan.state is not None:
         return reused(plan.state)
     run = new_run(cfg, execution, datasets.mean, datasets.std, datasets.label, datasets.fingerprint)
@@ -252,7 +267,7 @@ def train_or_reuse(
 
 def reused(state: dict) -> pd.DataFrame:
     history = history_frame(state["history"])
-    live_curves().show(history)
+    live_curves(live=False).final(history)
     return history
 
 
@@ -282,8 +297,9 @@ def how_to_continue(fresh: bool, command: str | None = None) -> str:
 
 def train_epochs(run: Run, datasets: Datasets, path: Path, again: str = how_to_continue(False)) -> None:
     """Epochs from run.epoch + 1 to the last, each checkpointed at most every cfg.checkpoint_every_s
-    seconds and after the last; on any exception (Ctrl-C, a non-finite loss, out of memory) the last
-    finished epoch is written first. The learning curves are redrawn after every epoch in a notebook."""
+        seconds and after the last; on any exception (Ctrl-C, a non-finite loss, out of memory) the last
+        finished epoch is written first. In a notebook the learning curves are redrawn while it trains
+    (at most every few seconds, never making an epoch wait) and once at the end."""
     cfg, device = run.cfg, run.device
     train = Split(datasets.train.images.to(device), datasets.train.labels.to(device))
     val = Split(datasets.val.images.to(device), datasets.val.labels.to(device))
@@ -314,7 +330,7 @@ def train_epochs(run: Run, datasets: Datasets, path: Path, again: str = how_to_c
             run.epoch = epoch
             snapshot = capture(run)
             epochs.set_postfix(val_acc=f"{record['val_acc']:.3f}", lr=f"{record['lr']:.3g}")
-            curves.show(history_frame(run.history))
+            curves.update(history_frame(run.history))
             if epoch == cfg.epochs or time.monotonic() - last_write > cfg.checkpoint_every_s:
                 write_outputs(snapshot, path)
                 written, last_write = epoch, time.monotonic()
@@ -323,15 +339,16 @@ def train_epochs(run: Run, datasets: Datasets, path: Path, again: str = how_to_c
             write_outputs(snapshot, path)
             written = snapshot["epoch"]
         if written:
-            print(
+            tell(
                 f"Stopped; {config.shown_path(path)} holds epoch {written}. {again}",
                 file=sys.stderr,
             )
         else:
-            print("Stopped before the first epoch ended; nothing was saved.", file=sys.stderr)
+            tell("Stopped before the first epoch ended; nothing was saved.", file=sys.stderr)
         raise
     finally:
         epochs.close()
+        curves.final(history_frame(run.history))
 
 
 def run_epoch(run: Run, train: Split, val: Split) -> dict:

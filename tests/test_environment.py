@@ -4,9 +4,16 @@ make and CI."""
 
 import json
 import re
+import shutil
+import subprocess
+import sys
+import sysconfig
 import tomllib
+from importlib.metadata import version
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from packaging.requirements import Requirement
 
@@ -82,6 +89,46 @@ def test_every_pin_lies_in_pyproject_tomls_range_and_every_requirement_is_pinned
 def test_pyproject_states_ranges_so_that_an_installed_torch_is_kept():
     exact = [str(r) for r in pyproject_requirements() if any(spec.operator == "==" for spec in r.specifier)]
     assert not exact, f"exact pins belong in constraints.txt, not pyproject.toml: {exact}"
+
+
+def test_the_environment_under_test_has_constraints_txts_exact_versions():
+    """`make` installs with -c constraints.txt: the tests run against exactly those versions."""
+    pins = constraints_pins()
+    different = {name: (pin, version(name)) for name, pin in pins.items() if version(name) != pin}
+    assert not different, f"{{name: (pinned, installed)}} {different}; run make again (it reinstalls)"
+
+
+@pytest.mark.slow
+def test_pip_install_e_into_an_environment_with_torch_keeps_that_torch(tmp_path):
+    """A fresh virtual environment that already has this machine's torch (and the rest), as on Colab, Kaggle or
+    a lab's conda environment: pip's own resolver, in a dry run with its report, installs the helpers alone.
+    The environment sees this one's packages through a .pth file instead of a 5.5 GB copy of torch; pip counts
+    what a .pth puts on the path as installed. --no-index: pip may not fetch anything, so a requirement that the
+    installed torch did not meet would fail the run."""
+    source = tmp_path / "source"  # the project as pip sees it, away from the checkout's build files
+    shutil.copytree(REPO_ROOT / "helpers", source / "helpers", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "pyproject.toml", source)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    installed_here = Path(torch.__file__).resolve().parents[1]
+    assert installed_here == Path(sysconfig.get_paths()["purelib"]).resolve()  # where pip and the rest live too
+    (Path(purelib) / "this-machines-packages.pth").write_text(f"{installed_here}\n")
+    report = tmp_path / "report.json"
+    pip = [python, "-m", "pip", "install", "--dry-run", "--report", report, "--no-index", "--no-build-isolation"]
+    done = subprocess.run([*pip, "--quiet", "--editable", source], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    installs = {
+        item["metadata"]["name"]: item["metadata"]["version"] for item in json.loads(report.read_text())["install"]
+    }
+    assert "torch" not in installs and "torchvision" not in installs, installs
+    assert installs == {"resnet18-cifar10": "0.1.0"}
 
 
 def test_the_requirement_reader_tells_names_and_versions_apart():

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers import config, evaluate, series, train
-from helpers.machinery import checkpoint, execution, progress, resume
+from helpers.machinery import checkpoint, execution, resume
 from helpers.machinery.checkpoint import CheckpointError
 from tiny import MEASURED, TINY
 from tiny import fit_tiny as fit
@@ -47,7 +47,7 @@ def test_a_finished_run_of_the_same_configuration_is_reused_not_retrained(tiny, 
     said = capsys.readouterr().out
     assert said.count("\n") == 1
     assert "checkpoint.pt holds a finished run of this configuration (2 epochs): reusing it" in said
-    assert "--fresh" in said and "fresh=True" in said
+    assert "To train again: --fresh, which keeps the old checkpoint aside." in said and "fit(" not in said
 
 
 def test_a_partial_run_of_the_same_configuration_is_resumed_exactly_saying_from_where(tiny, tmp_path, capsys):
@@ -71,8 +71,28 @@ def test_a_run_of_another_configuration_is_refused_and_left_as_it_was(tiny, tmp_
         "c.pt holds a run of another configuration (lr: 0.02 in the checkpoint, 0.05 now, seed: 0 in the "
         "checkpoint, 3 now); it is left as it is." in message
     )
-    assert "--checkpoint PATH" in message and "--fresh" in message and "fresh=True" in message
+    assert message.endswith(
+        "To keep both, give another --checkpoint PATH; to start again, --fresh, which keeps the old checkpoint aside."
+    )
     assert digest(path) == before and not list(tmp_path.glob("*before*"))
+
+
+def test_in_a_notebook_the_messages_name_fits_arguments_and_break_between_words(tiny, tmp_path):
+    """JupyterLab breaks long output lines anywhere, even mid-word: a notebook gets lines of whole words."""
+    path = tmp_path / "a-checkpoint-with-a-long-name-that-must-stay-whole.pt"
+    fit(tiny, TINY.replace(epochs=1), checkpoint_path=path)
+    terminal = resume.decide(TINY.replace(epochs=1), path, tiny.label, "cpu").message
+    notebook = resume.decide(TINY.replace(epochs=1), path, tiny.label, "cpu", notebook=True).message
+    assert terminal is not None and notebook is not None
+    assert "--fresh" in terminal and "fit(" not in terminal and "\n" not in terminal
+    assert "fit(..., fresh=True)" in notebook and "--" not in notebook
+    lines = notebook.splitlines()
+    assert len(lines) > 1 and all(len(line) <= 88 for line in lines if " " in line)
+    assert notebook.split() == terminal.replace("--fresh", "fit(..., fresh=True)").split()  # no word cut in two
+    with pytest.raises(CheckpointError) as refused:
+        resume.decide(TINY.replace(epochs=1, lr=0.05), path, tiny.label, "cpu", notebook=True)
+    assert "fit(..., checkpoint_path=PATH)" in str(refused.value) and "--" not in str(refused.value)
+    assert all(len(line) <= 88 for line in str(refused.value).splitlines() if " " in line)
 
 
 def test_a_run_on_other_data_is_refused(tiny, tmp_path):
@@ -306,45 +326,6 @@ def test_ctrl_c_in_the_series_saves_the_last_epoch_and_the_series_carries_on(tin
         output.get("text", "") for output in stored
     )
     assert len(figure_outputs(notebook)) == 1  # the live curves: one figure, updated in place
-
-
-# ---------------------------------------------------------------- live curves
-
-
-class FakeHandle:
-    def __init__(self, shown):
-        self.shown = shown
-
-    def update(self, figure):
-        self.shown.append(("update", figure))
-
-
-def test_in_a_notebook_one_figure_is_redrawn_after_every_epoch(tiny, monkeypatch):
-    import IPython.display
-
-    shown = []
-
-    def display(figure, display_id):
-        assert display_id is True
-        shown.append(("display", figure))
-        return FakeHandle(shown)
-
-    monkeypatch.setattr(progress, "in_notebook", lambda: True)
-    monkeypatch.setattr(IPython.display, "display", display)
-    fit(tiny, TINY.replace(epochs=3))
-    assert [kind for kind, _ in shown] == ["display", "update", "update"]
-    figure = shown[0][1]
-    assert all(f is figure for _, f in shown) and figure.canvas.manager is None  # one figure, outside pyplot
-    loss_axes = figure.axes[0]
-    assert [len(line.get_xdata()) for line in loss_axes.get_lines()] == [3, 3]  # train and validation, 3 epochs
-
-
-def test_outside_a_notebook_no_figure_is_drawn(tiny, monkeypatch):
-    import IPython.display
-
-    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: pytest.fail("a figure was displayed"))
-    assert not progress.in_notebook()
-    fit(tiny, TINY.replace(epochs=1))
 
 
 # ---------------------------------------------------------------- notebook 03, twice

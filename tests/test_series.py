@@ -74,7 +74,7 @@ def test_fresh_reaches_the_notebooks_training_which_then_starts_again(tiny, tmp_
     assert series.main(["--quick", "--fresh"]) == 0
     asked = []
 
-    def decided(*args, fresh, required):  # resume.decide's fresh start is tested in test_resume
+    def decided(*args, fresh, required, **more):  # resume.decide's fresh start is tested in test_resume
         asked.append(fresh)
         raise InterruptedError
 
@@ -98,3 +98,22 @@ def test_after_a_stop_fresh_is_dropped_only_once_training_has_started_over(tmp_p
     assert "without FRESH=1" in series.how_to_carry_on(at_start)  # set aside: the fresh run has begun
     monkeypatch.delenv("CIFAR10_FRESH")
     assert series.how_to_carry_on(at_start) == "Run the series again"
+
+
+@pytest.mark.slow
+def test_a_notebook_the_series_ran_opens_unmodified_in_jupyterlab(tmp_path):
+    """JupyterLab writes the kernel's display name, "Python 3 (ipykernel)" (ipykernel's kernel.json), over any
+    other, and then asks to save an unchanged notebook on closing. The series stores that name, and no widget state."""
+    path = tmp_path / "plain.ipynb"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    notebook.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nbformat.write(notebook, path)
+    series.execute(path)
+    stored = nbformat.read(path, as_version=4)
+    assert stored.metadata["kernelspec"] == {
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+        "name": "python3",
+    }
+    assert "widgets" not in stored.metadata
+    assert stored.cells[0].outputs[0]["text"] == "42\n"

@@ -7,12 +7,18 @@ at very different speeds on different machines.
 
 from __future__ import annotations
 
+import functools
 import platform
 import re
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .progress import tell
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that compute bf16 natively
 CPUINFO = Path("/proc/cpuinfo")  # Linux; elsewhere the fallbacks below apply
@@ -23,9 +29,13 @@ class DeviceError(RuntimeError):
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without it is an error, not a silent CPU run."""
+    """'auto' picks CUDA when present; asking for CUDA without it is an error, not a silent CPU run.
+    'auto' on a machine whose GPU this torch cannot use says so (once) before choosing the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        say_if_gpu_unused()
+        return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
@@ -40,6 +50,47 @@ def resolve_device(name: str = "auto") -> torch.device:
             f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}). Use one of those, or --device cuda."
         )
     return device
+
+
+@functools.cache
+def say_if_gpu_unused() -> None:
+    """Once per process (a notebook's kernel, `make series`), to stderr."""
+    problem = gpu_unused()
+    if problem:
+        tell(problem, file=sys.stderr)
+
+
+def gpu_unused() -> str | None:
+    """Why this torch cannot use the NVIDIA GPU the machine has, and what to install; None when it can,
+    or when nvidia-smi lists no GPU. The usual causes: a CPU-only torch, or a torch built for a newer
+    CUDA than the driver supports (pip replaced the environment's own torch, say)."""
+    if torch.cuda.is_available() or shutil.which("nvidia-smi") is None:
+        return None
+    listed = nvidia_smi("--query-gpu=name,driver_version", "--format=csv,noheader")
+    if not listed:
+        return None
+    name, _, driver = listed.splitlines()[0].partition(",")
+    found = re.search(r"CUDA Version:\s*([0-9.]+)", nvidia_smi() or "")
+    cuda = found.group(1) if found else None
+    build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    supports = f", which supports CUDA up to {cuda}" if cuda else ""
+    wheel = f"cu{cuda.replace('.', '')}" if cuda else "cuXYZ"
+    return (
+        f"This machine has an NVIDIA {name.strip()} (driver {driver.strip()}{supports}), but torch "
+        f"{torch.__version__} ({build}) cannot use it: everything will run on the CPU. Install a torch built "
+        f"for CUDA {cuda or 'your driver supports'} or older, e.g. pip install torch torchvision --index-url "
+        f"https://download.pytorch.org/whl/{wheel} (the choices: https://pytorch.org/get-started/locally/), "
+        "or update the driver."
+    )
+
+
+def nvidia_smi(*arguments: str) -> str | None:
+    """nvidia-smi's output, or None where it fails (no driver loaded, no GPU)."""
+    try:
+        done = subprocess.run(["nvidia-smi", *arguments], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
 
 
 @dataclass(frozen=True)

@@ -27,17 +27,34 @@ import torch
 from ..config import Config, shown_path
 from . import checkpoint
 from .checkpoint import CheckpointError
+from .progress import wrapped
 
 if TYPE_CHECKING:
     from ..train import Run
 
 # Settings a run may change and still continue: names, length and how the arithmetic runs.
 CONTINUABLE = {"name", "epochs", "precision", "compile", "eval_batch_size", "checkpoint_every_s"}
-WAYS_ON = (
-    "To keep both, train under another name or checkpoint path (--checkpoint PATH, "
-    "fit(..., checkpoint_path=PATH)); to start again, use --fresh or fit(..., fresh=True), "
-    "which keeps the old checkpoint aside."
-)
+
+
+def ways_on(notebook: bool) -> str:
+    """What to do instead, in the words of the one asking: a notebook's fit(...) or the command line."""
+    if notebook:
+        return (
+            "To keep both, pass another path: fit(..., checkpoint_path=PATH); to start again, "
+            "fit(..., fresh=True), which keeps the old checkpoint aside."
+        )
+    return (
+        "To keep both, give another --checkpoint PATH; to start again, --fresh, which keeps the old checkpoint aside."
+    )
+
+
+def fresh_start(notebook: bool) -> str:
+    return "fit(..., fresh=True)" if notebook else "--fresh"
+
+
+def worded(message: str, notebook: bool) -> str:
+    """One line for a terminal; lines broken between words for a notebook, which breaks long lines mid-word."""
+    return wrapped(message) if notebook else message
 
 
 @dataclass
@@ -57,10 +74,12 @@ def decide(
     fresh: bool = False,
     required: bool = False,
     fingerprint: str | None = None,
+    notebook: bool = False,
 ) -> Plan:
     """Apply the rule to the checkpoint at `path` for a run of `cfg` on `data` (a data label, and the
     data's content fingerprint when known) on a device of `device_type`. `required` (the old --resume)
-    makes a missing checkpoint an error."""
+    makes a missing checkpoint an error. `notebook` says who asks: messages name fit(...)'s arguments
+    there, the command line's flags elsewhere."""
     path = Path(path)
     if fresh:
         kept = set_aside(path) if path.exists() else None
@@ -69,24 +88,30 @@ def decide(
     if not path.exists() and not required:
         return Plan("new", None, None)
     state = checkpoint.load(path)
-    refuse_another_configuration(cfg, data, state, path, fingerprint)
+    refuse_another_configuration(cfg, data, state, path, fingerprint, notebook)
     if state["epoch"] > cfg.epochs:
         raise CheckpointError(
-            f"{shown_path(path)} holds {state['epoch']} epochs of this configuration, more than "
-            f"the {cfg.epochs} asked for; it is left as it is. {WAYS_ON}"
+            worded(
+                f"{shown_path(path)} holds {state['epoch']} epochs of this configuration, more than "
+                f"the {cfg.epochs} asked for; it is left as it is. {ways_on(notebook)}",
+                notebook,
+            )
         )
     if state["epoch"] == cfg.epochs:
         return Plan(
             "reuse",
             state,
             f"{shown_path(path)} holds a finished run of this configuration "
-            f"({state['epoch']} epochs): reusing it, nothing is trained. To train again: --fresh or "
-            "fit(..., fresh=True), which keeps the old checkpoint aside.",
+            f"({state['epoch']} epochs): reusing it, nothing is trained. To train again: "
+            f"{fresh_start(notebook)}, which keeps the old checkpoint aside.",
         )
     if state["device_type"] != device_type:
         raise CheckpointError(
-            f"{shown_path(path)} was trained on {state['device_type']}; resume it there (its "
-            f"random states do not carry over to {device_type}), or start again with --fresh."
+            worded(
+                f"{shown_path(path)} was trained on {state['device_type']}; resume it there (its "
+                f"random states do not carry over to {device_type}), or start again with {fresh_start(notebook)}.",
+                notebook,
+            )
         )
     return Plan("resume", state, f"Resuming {shown_path(path)} from epoch {state['epoch']} of {cfg.epochs}.")
 
@@ -108,13 +133,17 @@ def differences(cfg: Config, data: str, state: dict, fingerprint: str | None = N
 
 
 def refuse_another_configuration(
-    cfg: Config, data: str, state: dict, path: Path, fingerprint: str | None = None
+    cfg: Config, data: str, state: dict, path: Path, fingerprint: str | None = None, notebook: bool = False
 ) -> None:
     found = differences(cfg, data, state, fingerprint)
     if found:
         listed = ", ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, (old, new) in found.items())
         raise CheckpointError(
-            f"{shown_path(path)} holds a run of another configuration ({listed}); it is left as it is. {WAYS_ON}"
+            worded(
+                f"{shown_path(path)} holds a run of another configuration ({listed}); it is left as it is. "
+                + ways_on(notebook),
+                notebook,
+            )
         )
 
 
