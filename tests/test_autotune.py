@@ -10,7 +10,7 @@ import torch
 
 from helpers import train
 from helpers.data import Datasets
-from helpers.machinery import autotune, execution
+from helpers.machinery import autotune, checkpoint, execution
 from helpers.machinery.device import Hardware
 from helpers.machinery.execution import SlowPrecisionWarning
 from tiny import TINY
@@ -248,7 +248,7 @@ def test_a_runs_history_and_metrics_name_the_measured_figures(measuring, tiny, t
     history = train.fit(TINY.replace(epochs=1), one_step_data(tiny), device="cpu", checkpoint_path=path)
     shown = "fp32, channels_last (measured here: fp32 60 images/s, bf16 46)"
     assert history.execution.tolist() == [shown]
-    assert json.loads(path.with_name("metrics.json").read_text())["execution"] == shown
+    assert json.loads(checkpoint.companion(path, "metrics.json").read_text())["execution"] == shown
     saved = torch.load(path, weights_only=True)["execution"]
     assert saved["precision"] == "fp32" and saved["measured_images_per_s"] == XEON_FIGURES
 
@@ -264,4 +264,4 @@ def test_a_run_resumed_on_another_cpu_chooses_again_there(measuring, tiny, tmp_p
         "fp32, channels_last (measured here: fp32 60 images/s, bf16 46)",
     ]
     assert history.hardware.tolist() == [str(ZEN4), str(XEON)]
-    assert json.loads(path.with_name("metrics.json").read_text())["execution"] == " then ".join(history.execution)
+    assert json.loads(checkpoint.companion(path, "metrics.json").read_text())["execution"] == " then ".join(history.execution)
