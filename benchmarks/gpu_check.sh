@@ -101,8 +101,8 @@ step throughput "$py" benchmarks/training_throughput.py --device "$device" "${be
 step train "$py" -m helpers.train --device "$device" --data "$data" "${quick[@]}" "${train_flags[@]}"
 run=$(dirname "$(ls -t "$CIFAR10_OUTPUT"/runs/*/checkpoint.pt | head -n 1)")
 figs=$run  # the command line writes a run's figures beside its checkpoint
-step test_tta "$py" -m helpers.evaluate --device "$device" --data "$data" --checkpoint "$run/checkpoint.pt" --tta --json "$out/test_metrics_tta.json"
-step test "$py" -m helpers.evaluate --device "$device" --data "$data" --checkpoint "$run/checkpoint.pt" --json "$out/test_metrics.json" # its figures kept
+step test_tta "$py" -m helpers.evaluate --device "$device" --data "$data" --checkpoint "$run/checkpoint.pt" --tta
+step test "$py" -m helpers.evaluate --device "$device" --data "$data" --checkpoint "$run/checkpoint.pt" # its figures kept
 step model "$py" benchmarks/model_parts.py split "$run/checkpoint.pt" "$out"
 cp "$run/history.csv" "$run/metrics.json" "$figs/learning_curves.png" "$out/"
 grep -h "^test accuracy" "$out/log.txt" | tee -a "$out/summary.txt"
