@@ -184,7 +184,7 @@ def test_explicit_bf16_where_measured_faster_or_unmeasured_is_not_warned(measuri
 
 def test_the_timer_warms_up_then_interleaves_and_keeps_each_fastest_step():
     now, calls = [0.0], []
-    cost = {"fp32": [9.0, 9.0, 2.0, 3.0, 2.5], "bf16": [9.0, 9.0, 1.0, 4.0, 1.0]}  # seconds per call, in order
+    cost = {"fp32": [9.0, 2.0, 3.0, 2.5], "bf16": [9.0, 1.0, 4.0, 1.0]}  # seconds per call, in order
 
     def step(name):
         def run():
@@ -194,7 +194,7 @@ def test_the_timer_warms_up_then_interleaves_and_keeps_each_fastest_step():
         return run
 
     rates = autotune.time_steps({n: step(n) for n in cost}, 128, budget_s=1000, clock=lambda: now[0])
-    assert calls == ["fp32", "fp32", "bf16", "bf16"] + ["fp32", "bf16"] * 3  # 2 warm-up each, 3 rounds in turn
+    assert calls == ["fp32", "bf16"] + ["fp32", "bf16"] * 3  # a warm-up step each, then 3 rounds in turn
     assert rates == {"fp32": 128 / 2.0, "bf16": 128 / 1.0}
 
 
@@ -208,16 +208,15 @@ def test_the_timer_stops_when_another_round_would_pass_the_budget():
 
         return run
 
-    # 16 s of warm-up, then rounds of 8 s: after round 1 (24 s) another would end at 32 s, past 30 s
+    # 8 s of warm-up, then rounds of 8 s: after round 2 (24 s) a third would end at 32 s, past 30 s
     autotune.time_steps({n: step(n) for n in ("fp32", "bf16")}, 128, budget_s=30, clock=lambda: now[0])
-    assert len(calls) == 4 + 2
+    assert len(calls) == 2 + 2 * 2
     calls.clear()
     autotune.time_steps({n: step(n) for n in ("fp32", "bf16")}, 128, budget_s=1, clock=lambda: now[0])
-    assert len(calls) == 4 + 2  # one round even when warming up took the whole budget
+    assert len(calls) == 2 + 2  # one round even when warming up took the whole budget
 
 
 def test_the_real_timer_times_the_training_step_and_leaves_the_generator_alone(monkeypatch):
-    monkeypatch.setattr(autotune, "WARMUP_STEPS", 1)
     monkeypatch.setattr(autotune, "MAX_ROUNDS", 1)
     torch.manual_seed(123)
     expected = torch.rand(3)

@@ -39,7 +39,7 @@ CACHE_FILE = "cpu-precision.json"
 BASELINE = "fp32"  # what every other candidate must beat
 MIN_GAIN = 1.10  # another precision is chosen only when at least this much faster: fp32 changes no number
 BUDGET_S = 30.0  # seconds measuring may take (warm-up included), on the slowest CPU with native bf16
-WARMUP_STEPS = 2  # untimed steps of each candidate first: the first ones include oneDNN's kernel compilation
+WARMUP_STEPS = 1  # an untimed step of each candidate first: it includes oneDNN's kernel compilation
 MAX_ROUNDS = 3  # timed steps of each candidate at most, one of each in turn
 
 Timer = Callable[[list[str]], dict[str, float]]  # candidate precisions -> training images per second
@@ -89,8 +89,8 @@ def measured(facts: Hardware, batch_size: int | None = None, timer: Timer | None
     if found is not None:
         return found
     print(
-        f"Timing a training step in {' and '.join(options)} on this CPU, once (at most about {BUDGET_S:.0f} s; "
-        f"remembered in {CACHE_FILE} of the cache directory) ...",
+        f"Timing the training step in {' and '.join(options)} to choose this CPU's precision: once per machine, "
+        f"about {BUDGET_S:.0f} s at most ...",
         file=sys.stderr,
         flush=True,
     )
@@ -212,7 +212,7 @@ def time_steps(
     budget_s: float = BUDGET_S,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
-    """Images/s of each step: WARMUP_STEPS untimed steps of each, then rounds of one timed step of each in
+    """Images/s of each step: WARMUP_STEPS untimed of each, then rounds of one timed step of each in
     turn (background load slows them alike), up to MAX_ROUNDS while the budget lasts; one round at least.
     Each candidate's fastest step counts: load only ever slows a step."""
     start = clock()
