@@ -196,7 +196,7 @@ def test_after_epoch_1_the_curves_show_epoch_1_and_a_readable_learning_rate():
     for ax in figure.axes:
         low, high = ax.get_xlim()
         ticks = [tick for tick in ax.get_xticks() if low <= tick <= high]
-        assert ticks == [1] and high - low <= 2, (ax.get_title(), ticks, (low, high))
+        assert ticks == [1] and (low, high) == (0.5, 1.5), (ax.get_title(), ticks, (low, high))
     lr_axis = figure.axes[2]
     assert [label.get_text() for label in lr_axis.get_yticklabels()] == ["0.02"]
     assert not lr_axis.yaxis.get_minorticklocs().size
