@@ -263,4 +263,6 @@ def test_a_run_resumed_on_another_cpu_chooses_again_there(measuring, tiny, tmp_p
         "fp32, channels_last (measured here: fp32 60 images/s, bf16 46)",
     ]
     assert history.hardware.tolist() == [str(ZEN4), str(XEON)]
-    assert json.loads(checkpoint.companion(path, "metrics.json").read_text())["execution"] == " then ".join(history.execution)
+    assert json.loads(checkpoint.companion(path, "metrics.json").read_text())["execution"] == " then ".join(
+        history.execution
+    )
