@@ -68,8 +68,9 @@ RECIPE = Config()
 # lr 0.1 suits the recipe's 350 steps an epoch; with 40 it spends the run recovering from its first
 # steps. Validation accuracy after 3 epochs on 5,000 images (CIFAR-10 JPEG copy, 2 CPU cores), lr 0.1
 # against 0.02: 13.4% against 30.9% in fp32 (Intel Xeon, AVX-512 without BF16), 14.9% against 33.1% in
-# bf16 (AMD Zen 4 with AVX512-BF16). So the quick configuration uses 0.02 to show learning. Reproduce
-# with `python -m helpers.train --quick --epochs 3 --lr 0.1` and the same without --lr.
+# bf16 (AMD Zen 4 with AVX512-BF16). So the quick configuration uses 0.02 to show learning. Reproduce with
+# `python -m helpers.train --quick --epochs 3 --lr 0.1 --checkpoint runs/quick-lr0.1/checkpoint.pt` and the
+# same without --lr (another --checkpoint each: runs/quick/ is the series' quick run).
 QUICK = RECIPE.replace(name="quick", epochs=2, train_limit=5000, val_size=1000, test_limit=2000, lr=0.02)
 
 

@@ -59,7 +59,7 @@ class Datasets:
     mean: tuple[float, float, float]  # per channel, in [0, 1], of the training split
     std: tuple[float, float, float]
     label: str = "CIFAR-10"  # how results name the data, e.g. "CIFAR-10 (JPEG copy)"
-    fingerprint: str | None = None  # checksum of all 60,000 decoded images and labels (Raw.fingerprint)
+    fingerprint: str | None = None  # checksum of the whole decoded data set, train and test (Raw.fingerprint)
     classes: tuple[str, ...] = CLASSES
 
 

@@ -292,7 +292,7 @@ def how_to_continue(fresh: bool, command: str | None = None) -> str:
         return "Run the same command or cell again to continue from there."
     if command:
         return f"To continue from there: {command}"
-    return "To continue from there, run it again without fresh (--fresh, fresh=True, make series FRESH=1)."
+    return "Run it again without starting fresh (no --fresh, fresh=True or FRESH=1) to continue from there."
 
 
 def train_epochs(run: Run, datasets: Datasets, path: Path, again: str = how_to_continue(False)) -> None:
