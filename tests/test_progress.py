@@ -39,6 +39,10 @@ for step in progress(range(5), desc="broken off"):
     if step == 2:
         raise RuntimeError("a loop that fails half way")
 """
+OPEN_WIDGETS = """\
+from ipywidgets.widgets.widget import _instances  # every widget model the kernel still holds
+print(len(_instances))
+"""
 
 
 def executed(cells: list[str], folder: Path) -> tuple[nbformat.NotebookNode, NotebookClient]:
@@ -61,7 +65,8 @@ def text_of(output) -> str:
 @pytest.mark.slow
 def test_a_notebook_run_with_widget_bars_keeps_no_widget_and_no_stale_bar(tmp_path, monkeypatch):
     monkeypatch.setenv("CIFAR10_PROGRESS", "auto")  # the default: widgets in a kernel
-    cells = [SETUP.format(tests=str(TESTS)), TRAIN.format(path=str(tmp_path / "run" / "checkpoint.pt")), BROKEN_OFF]
+    trained = TRAIN.format(path=str(tmp_path / "run" / "checkpoint.pt"))
+    cells = [SETUP.format(tests=str(TESTS)), trained, BROKEN_OFF, OPEN_WIDGETS]
     notebook, client = executed(cells, tmp_path)
     everything = [output for cell in notebook.cells for output in outputs(cell)]
     assert not [output for output in everything if WIDGET in output.get("data", {})]
@@ -77,6 +82,7 @@ def test_a_notebook_run_with_widget_bars_keeps_no_widget_and_no_stale_bar(tmp_pa
     assert len(figures) == 1  # the learning curves, one figure
     broken = [text_of(output) for output in outputs(notebook.cells[2]) if output.output_type == "display_data"]
     assert broken == [""], broken  # a leave=False bar stopped by an error: nothing left, not a red widget
+    assert text_of(outputs(notebook.cells[3])[0]) == "0\n"  # closed: no model left to show, save or leak
 
 
 def test_a_finished_bar_reads_as_one_line_of_what_ran_how_long_and_its_figures():

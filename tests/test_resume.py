@@ -354,5 +354,7 @@ def test_notebook_03_run_again_trains_nothing(quick_run, real_source, tmp_path, 
         if cell.cell_type == "code"
         for output in cell.outputs
     )
+    said = " ".join(said.split())  # a notebook breaks long messages between words
     assert "runs/quick/checkpoint.pt holds a finished run of this configuration (2 epochs): reusing it" in said
+    assert "To train again: fit(..., fresh=True)" in said  # the notebook's words, not the command line's
     assert digest(target) == before

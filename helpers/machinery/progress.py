@@ -105,7 +105,9 @@ def notebook_bar() -> type:
                     FREE_SLOTS.append(slot)
                 super().close()
                 for widget in (*self.container.children, self.container):
-                    widget.close()  # its model leaves the kernel: nothing can show or save it any more
+                    for model in (getattr(widget, "style", None), widget.layout, widget):
+                        if model is not None:
+                            model.close()  # it leaves the kernel: nothing can show or save it any more
 
         NOTEBOOK_BAR = Bar
     return NOTEBOOK_BAR
