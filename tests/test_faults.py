@@ -37,7 +37,7 @@ def undisturbed(tiny, tmp_path_factory) -> pd.DataFrame:
 
 
 def history(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path.with_name("history.csv"))[MEASURED]
+    return pd.read_csv(checkpoint.companion(path, "history.csv"))[MEASURED]
 
 
 # ---------------------------------------------------------------- real processes
