@@ -77,6 +77,17 @@ class Raw:
     fingerprint: str  # checksum of the tensors: equal for equal pixels and labels
 
 
+def source_listing(held: Path) -> list[str] | None:
+    """What the source holds now (fingerprint.contents), None where nothing is there yet; a source that
+    cannot be read is one line, as its decoding would be."""
+    if not held.exists():
+        return None
+    try:
+        return fingerprint.contents(held)
+    except OSError as exc:
+        raise DataError(f"{held.name} cannot be read ({reason(exc)}).") from exc
+
+
 def load(
     source: str | Path | None = None, data_dir: Path | None = None, per_class: dict[str, int] | None = None
 ) -> Raw:
@@ -86,7 +97,7 @@ def load(
     data_dir = config.DATA_DIR if data_dir is None else Path(data_dir)
     held = where_held(source, data_dir)
     path = cache_path(source, data_dir)
-    listing = fingerprint.contents(held) if held.exists() else None
+    listing = source_listing(held)
     if listing is not None:
         try:
             cached = cache.read(path, listing, ENTRIES)
