@@ -184,16 +184,16 @@ def test_what_cannot_be_read_faithfully_is_refused_in_one_line(tmp_path):
         assert said in str(refused.value) and "\n" not in str(refused.value)
 
 
-def test_a_broken_file_between_two_good_ones_leaves_both_good_rows(tiny_checkpoint, pngs, tmp_path, capsys):
+def test_a_broken_file_between_two_good_ones_leaves_both_good_rows(full_width_checkpoint, pngs, tmp_path, capsys):
     paths, images = pngs
     (tmp_path / "broken.png").write_bytes(paths[1].read_bytes()[:60])  # a PNG cut short
     arguments = [paths[0], tmp_path / "broken.png", tmp_path / "missing.png", paths[2]]
-    assert predict.main(["--checkpoint", str(tiny_checkpoint), "--device", "cpu", *map(str, arguments)]) == 3
+    assert predict.main(["--checkpoint", str(full_width_checkpoint), "--device", "cpu", *map(str, arguments)]) == 3
     captured = capsys.readouterr()
     said = captured.err.splitlines()
     assert len(said) == 2 and "error: missing.png does not exist." in said
     assert any(line.startswith("error: broken.png is not an image that can be read (") for line in said)
     rows = [line.split() for line in captured.out.splitlines()[2:]]
-    expected = independent_probabilities(tiny_checkpoint, images[[0, 2]]).argmax(1)
+    expected = independent_probabilities(full_width_checkpoint, images[[0, 2]]).argmax(1)
     assert [row[0] for row in rows] == ["0.png", "2.png"]
     assert [row[1] for row in rows] == [CLASSES[i] for i in expected]
