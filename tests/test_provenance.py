@@ -131,7 +131,7 @@ def test_with_other_data_allowed_every_result_says_trained_on_a_evaluated_on_b(
     assert saved["test_images"] == 64
     out = capsys.readouterr().out
     assert f"data: {both}\n" in out  # the line above the per-class table
-    figures = sorted(p.name for p in (config.output_root() / "figs" / "tiny").glob("*.png"))
+    figures = sorted(p.name for p in trained_on_a.parent.glob("*.on-*.png"))  # beside the run
     assert figures == [
         "confusion_matrix.on-small-set-b-data-bbbbbbbbbbbb.png",
         "confusion_matrix_normalized.on-small-set-b-data-bbbbbbbbbbbb.png",
