@@ -3,6 +3,8 @@ one quick run trained on it and shared by the tests that need a network trained 
 random data and checkpoints trained on it (tiny.py), and isolated outputs."""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,17 +33,20 @@ def real_raw(real_source):
     return data.load_raw(real_source)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def no_precision_measurement(tmp_path_factory):
+def pytest_configure(config):
     """precision="auto" on a CPU times the training step once per machine (machinery/autotune.py). No test
     does that for real: measuring is off, so auto follows the capability table as before measuring existed
     (the tests train as fast as they did), and the cache is a folder of the session's, never the user's.
-    Session-wide and set up first, so that the session's trained runs (quick_run, tiny_checkpoint) obey it
-    too; the tests of the measurement turn it on with fake timings (tests/test_autotune.py)."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(autotune.SWITCH_ENV, "off")
-        env.setenv(autotune.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
-        yield
+    Set here, before any test module is imported: some resolve an execution at import (test_train's CPU),
+    and notebook kernels started by nbval inherit it. The tests of the measurement turn it on, with fake
+    timings and caches of their own (tests/test_autotune.py)."""
+    os.environ[autotune.SWITCH_ENV] = "off"
+    os.environ[autotune.CACHE_ENV] = tempfile.mkdtemp(prefix="resnet18-cifar10-test-cache-")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ.pop(autotune.CACHE_ENV, ""), ignore_errors=True)
+    os.environ.pop(autotune.SWITCH_ENV, None)
 
 
 @pytest.fixture(autouse=True)

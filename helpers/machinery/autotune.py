@@ -1,9 +1,9 @@
 """precision="auto" on a CPU: the training step timed in each candidate precision, once per machine, remembered.
 
-A CPU's flags do not say which precision trains fastest. Both CPUs below compute bf16 natively (AVX512-BF16),
-yet bf16 autocast trained 2.5x as fast as fp32 on an AMD Zen 4 and 0.77x as fast on an Intel Xeon whose
-virtual machine hides AMX (oneDNN's fast bf16 backward convolutions need AMX). So the flags only say what
-is worth timing: bf16 where it is native (emulated bf16 was 19x slower on an AVX2 EPYC, too slow to time
+A CPU's flags do not say which precision trains fastest. All three CPUs below compute bf16 natively
+(AVX512-BF16), yet bf16 autocast trained 2.5x as fast as fp32 on an AMD Zen 4, 0.77x as fast on an Intel
+Xeon whose virtual machine hides AMX, and 0.45x on an Intel Xeon (family 6 model 207) with AMX visible
+(benchmarks/results/). So the flags only say what is worth timing: bf16 where it is native (emulated bf16 was 19x slower on an AVX2 EPYC, too slow to time
 even once), and the clock decides: bf16 only when it is at least MIN_GAIN times as fast as fp32.
 
 The result goes into a small JSON file in the cache directory (`cache_dir`), keyed by CPU model, CPU flags,
@@ -90,7 +90,7 @@ def measured(facts: Hardware, batch_size: int | None = None, timer: Timer | None
         return found
     print(
         f"Timing the training step in {' and '.join(options)} to choose this CPU's precision: once per machine, "
-        f"about {BUDGET_S:.0f} s at most ...",
+        f"about {BUDGET_S:.0f} s on an idle machine ...",
         file=sys.stderr,
         flush=True,
     )
