@@ -224,9 +224,21 @@ def test_a_6960a31_checkpoint_is_built_as_that_commit_wrote_it(trained_on_a, tmp
         assert list(pd.read_csv(REAL_OLD_RUN.with_name("history.csv")).columns) == OLD_HISTORY_KEYS
 
 
-def test_a_6960a31_checkpoint_still_evaluates_checked_by_name(trained_on_a, data_by_name, tmp_path, capsys):
+# Commit 6960a31 knew one width, 64: its checkpoints hold no width setting, which now means 64. The old runs
+# built here are therefore full width (a narrow one would be a configuration 6960a31 could not write).
+OLD_WIDTH = TINY.replace(width=64)
+
+
+@pytest.fixture(scope="module")
+def full_width_on_a(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("run-a-64") / "checkpoint.pt"
+    train.fit(OLD_WIDTH.replace(epochs=1), SET_A, device="cpu", checkpoint_path=path)
+    return path
+
+
+def test_a_6960a31_checkpoint_still_evaluates_checked_by_name(full_width_on_a, data_by_name, tmp_path, capsys):
     path = tmp_path / "runs" / "checkpoint.pt"
-    write_old_run(checkpoint.load(trained_on_a), path)
+    write_old_run(checkpoint.load(full_width_on_a), path)
     results = tmp_path / "results.json"
     assert evaluate_cli(path, "A", "--json", str(results)) == 0
     out = capsys.readouterr().out
@@ -242,12 +254,12 @@ def no_training(*args):
 
 def test_a_finished_6960a31_run_is_reused_and_its_old_history_summarised(tmp_path, monkeypatch, capsys):
     path = tmp_path / "runs" / "recipe" / "checkpoint.pt"
-    train.fit(TINY, SET_A, device="cpu", checkpoint_path=path)
+    train.fit(OLD_WIDTH, SET_A, device="cpu", checkpoint_path=path)
     write_old_run(checkpoint.load(path), path)
     before = {name: path.with_name(name).read_bytes() for name in ("checkpoint.pt", "history.csv")}
     monkeypatch.setattr(train, "train_epoch", no_training)
     capsys.readouterr()
-    history = train.fit(TINY, SET_A, device="cpu", checkpoint_path=path)
+    history = train.fit(OLD_WIDTH, SET_A, device="cpu", checkpoint_path=path)
     assert "holds a finished run of this configuration (2 epochs): reusing it" in capsys.readouterr().out
     assert {name: path.with_name(name).read_bytes() for name in before} == before
     for old in (history, pd.read_csv(path.with_name("history.csv"), index_col="epoch")):
@@ -258,11 +270,11 @@ def test_a_finished_6960a31_run_is_reused_and_its_old_history_summarised(tmp_pat
 
 
 def test_a_partial_6960a31_run_resumes_exactly_and_its_new_rows_time_training_apart(tmp_path):
-    straight = train.fit(TINY, SET_A, device="cpu", checkpoint_path=tmp_path / "straight" / "checkpoint.pt")
+    straight = train.fit(OLD_WIDTH, SET_A, device="cpu", checkpoint_path=tmp_path / "straight" / "checkpoint.pt")
     path = tmp_path / "old" / "checkpoint.pt"
-    train.fit(TINY.replace(epochs=1), SET_A, device="cpu", checkpoint_path=path)
+    train.fit(OLD_WIDTH.replace(epochs=1), SET_A, device="cpu", checkpoint_path=path)
     write_old_run(checkpoint.load(path), path)
-    resumed = train.fit(TINY, SET_A, device="cpu", checkpoint_path=path)
+    resumed = train.fit(OLD_WIDTH, SET_A, device="cpu", checkpoint_path=path)
     pd.testing.assert_frame_equal(resumed[MEASURED[1:]], straight[MEASURED[1:]], check_exact=True)
     saved = pd.read_csv(path.with_name("history.csv"), index_col="epoch")
     assert saved.train_seconds.isna().tolist() == [True, False]  # epoch 1 from 6960a31, epoch 2 from now
@@ -314,7 +326,7 @@ def test_two_runs_in_one_folder_keep_their_own_history_and_metrics(tmp_path):
     first = {name: (folder / name).read_bytes() for name in ("checkpoint.pt", "history.csv", "metrics.json")}
     tiny_process(folder / "lr005.pt", 2, lr=0.05)  # the refusal's advice: another checkpoint path
     assert {name: (folder / name).read_bytes() for name in first} == first  # byte for byte, untouched
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
+    assert sorted(p.name for p in folder.iterdir() if p.suffix != ".lock") == sorted(  # the runs' locks aside
         [*first, "lr005.pt", "lr005.history.csv", "lr005.metrics.json"]
     )
     tiny_process(tmp_path / "alone" / "lr005.pt", 2, lr=0.05)  # what the second run writes with no neighbour
