@@ -7,7 +7,7 @@
 # finished run's checkpoint of them, which notebook 04, helpers.evaluate and `make series` then use).
 #
 #   benchmarks/gpu_check.sh OUTDIR          on a machine with a CUDA GPU (planned: under 9 minutes on one H200)
-#   benchmarks/gpu_check.sh --cpu OUTDIR    the same steps on the CPU, in the quick configuration: a rehearsal
+#   benchmarks/gpu_check.sh --cpu OUTDIR    the same steps on the CPU, quick configuration, 1 epoch: a rehearsal
 #
 #   machine     torch, the GPU, and the execution precision="auto" picks there
 #   tests       tests/test_cuda.py: every execution's epoch with host syncs made errors, eager and compiled;
@@ -75,7 +75,7 @@ elif ((cpu == 1)); then
 fi
 
 if ((cpu == 1)); then # the quick configuration, a short benchmark without compiling (minutes on 2 CPU cores)
-    device=cpu quick=(--quick) bench=(--images 256 --rounds 2)
+    device=cpu quick=(--quick --epochs 1) bench=(--images 256 --rounds 2)
 else
     device=cuda quick=() bench=(--images 25600 --rounds 4 --compile)
 fi

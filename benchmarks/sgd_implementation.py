@@ -33,11 +33,38 @@ def with_default_sgd(run):
     return run
 
 
+def resnet18_parameters():
+    from helpers.model import resnet18
+
+    return resnet18().parameters()
+
+
+def optimizer_steps(device: torch.device, rounds: int, stopwatch: Stopwatch) -> dict[str, float]:
+    """Seconds of `rounds` optimizer steps alone on the ResNet18's parameters (gradients fixed, fp32 as
+    autocast keeps them), fused and default taken in turn: what the choice costs or saves in each step."""
+    from helpers.machinery.optimizer import sgd
+    from helpers.model import resnet18
+
+    torch.manual_seed(0)
+    models = {"fused SGD (now)": resnet18().to(device), "torch's default SGD (before)": resnet18().to(device)}
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizers = {
+        "fused SGD (now)": sgd(models["fused SGD (now)"].parameters(), device, **hyper),
+        "torch's default SGD (before)": torch.optim.SGD(models["torch's default SGD (before)"].parameters(), **hyper),
+    }
+    for model in models.values():
+        for param in model.parameters():
+            param.grad = torch.randn_like(param) * 1e-3
+    blocks = {name: optimizer.step for name, optimizer in optimizers.items()}
+    return interleaved_seconds(blocks, rounds, stopwatch)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--images", type=int, default=1024, help="real training images each row trains on (timed)")
     parser.add_argument("--rounds", type=int, default=4, help="timed blocks of each row, taken in turn")
+    parser.add_argument("--optimizer-only", action="store_true", help="time the optimizer steps alone")
     parser.add_argument("--save", action="store_true", help="keep the output in benchmarks/results/, named by machine")
     args = parser.parse_args(argv)
     os.environ.setdefault("CIFAR10_PROGRESS", "off")
@@ -49,6 +76,19 @@ def main(argv=None) -> None:
     except DeviceError as exc:
         sys.exit(f"error: {exc}")
     out = Report(device)
+    if args.optimizer_only:
+        rounds = 10 * args.rounds
+        seconds = optimizer_steps(device, rounds, Stopwatch(device))
+        out(
+            f"ResNet18's {sum(p.numel() for p in resnet18_parameters()) / 1e6:.2f} M parameters, fp32; {rounds} steps each, taken in turn\n"
+        )
+        for name, taken in seconds.items():
+            out(f"optimizer step alone, {name}: {1000 * taken / rounds:.1f} ms")
+        names = list(seconds)
+        out(f"fused / default = {seconds[names[1]] / seconds[names[0]]:.2f}x")
+        if args.save:
+            out.save("sgd_implementation_step")
+        return
     split = real_subset(steps * BATCH)
     mean, std = data.channel_stats(split.images)
     blocks = {}

@@ -100,9 +100,13 @@ def test_the_compiled_step_gives_the_eager_history_compiles_each_shape_once_and_
         run.epoch += 1
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs == [graphs[0]] * 3 and graphs[0] <= 3, graphs
-    tolerance = 1e-3 if chosen.precision == "fp32" else 3e-2
-    compiled = train.history_frame(run.history).reset_index()[MEASURED]
-    pd.testing.assert_frame_equal(compiled, eager.reset_index()[MEASURED], check_exact=False, rtol=tolerance)
+    compiled, eager = train.history_frame(run.history).reset_index()[MEASURED], eager.reset_index()[MEASURED]
+    # other kernels, other roundings (bf16, TF32): losses to 2%, accuracies to a few images of 200 and 1,000
+    for column in ("train_loss", "val_loss"):
+        torch.testing.assert_close(torch.tensor(compiled[column]), torch.tensor(eager[column]), rtol=0.02, atol=0)
+    for column in ("train_acc", "val_acc"):
+        assert (compiled[column] - eager[column]).abs().max() <= 0.03, (compiled[column], eager[column])
+    assert compiled.lr.tolist() == eager.lr.tolist()
     epoch_without_sync(run, data)
     assert counters["stats"]["unique_graphs"] == graphs[0]
 
@@ -125,17 +129,16 @@ def test_resume_continues_exactly_on_the_gpu(tiny, tmp_path):
 
 
 def test_a_checkpoint_trained_on_the_cpu_evaluates_on_the_gpu(tiny, tiny_checkpoint):
-    """The same network on either device: fp32 scores to TF32's tolerance, and the execution auto
-    picks here agreeing with the CPU on almost every prediction."""
+    """The same network on either device: in fp32 without TF32 the CPU's probabilities to float rounding;
+    in the execution auto picks here, to that precision's rounding."""
     cpu = execution.resolve(torch.device("cpu"), "fp32")
     reference = evaluate.predict(*load_and_inputs(tiny, tiny_checkpoint, cpu))
-    for chosen in (execution.resolve(CUDA, "fp32"), execution.resolve(CUDA)):
+    fp32, auto = execution.resolve(CUDA, "fp32"), execution.resolve(CUDA)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # the fixture restores them
+    for chosen, tolerance in ((fp32, 1e-4), (auto, 0.1)):
         got = evaluate.predict(*load_and_inputs(tiny, tiny_checkpoint, chosen))
         assert torch.equal(got.labels, reference.labels)
-        if chosen.precision == "fp32":
-            torch.testing.assert_close(got.probs, reference.probs, atol=2e-3, rtol=0)
-        agree = (got.predicted == reference.predicted).float().mean().item()
-        assert agree >= 0.95, f"{chosen}: {agree:.0%} of predictions agree with the CPU's"
+        torch.testing.assert_close(got.probs, reference.probs, atol=tolerance, rtol=0, msg=str(chosen))
 
 
 def load_and_inputs(tiny: Datasets, path, chosen: Execution):
