@@ -101,9 +101,12 @@ def decide(
         return Plan(
             "reuse",
             state,
-            f"{shown_path(path)} holds a finished run of this configuration "
-            f"({state['epoch']} epochs): reusing it, nothing is trained. To train again: "
-            f"{fresh_start(notebook)}, which keeps the old checkpoint aside.",
+            worded(
+                f"{shown_path(path)} holds a finished run of this configuration "
+                f"({state['epoch']} epochs): reusing it, nothing is trained. To train again: "
+                f"{fresh_start(notebook)}, which keeps the old checkpoint aside.",
+                notebook,
+            ),
         )
     if state["device_type"] != device_type:
         raise CheckpointError(
