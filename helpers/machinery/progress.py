@@ -66,8 +66,10 @@ def for_here(message: str) -> str:
 
 
 def wrapped(message: str) -> str:
-    """`message` in lines of at most NOTEBOOK_COLUMNS, broken only between words (paths stay whole)."""
-    return textwrap.fill(message, NOTEBOOK_COLUMNS, break_long_words=False, break_on_hyphens=False)
+    """`message` in lines of at most NOTEBOOK_COLUMNS, broken only between words (paths stay whole, and so
+    does a call such as `fit(..., fresh=True)`)."""
+    glued = message.replace("(..., ", "(...,\x00")  # textwrap breaks at spaces only, not at this one
+    return textwrap.fill(glued, NOTEBOOK_COLUMNS, break_long_words=False, break_on_hyphens=False).replace("\x00", " ")
 
 
 # ---------------------------------------------------------------- bars in a notebook
