@@ -98,6 +98,25 @@ def test_a_finished_bar_reads_as_one_line_of_what_ran_how_long_and_its_figures()
 # ---------------------------------------------------------------- live curves
 
 
+class Handle:
+    def __init__(self, shown: list):
+        self.shown = shown
+
+    def update(self, picture, raw):
+        self.shown.append(picture["text/plain"])
+
+
+def shown_in_a_notebook(monkeypatch, shown: list) -> None:
+    """IPython's display, recording the text of each picture shown or updated."""
+    import IPython.display
+
+    def display(picture, raw, display_id):
+        shown.append(picture["text/plain"])
+        return Handle(shown)
+
+    monkeypatch.setattr(IPython.display, "display", display)
+
+
 class InPlace:
     """An executor that runs each job at once: what a worker does, without the process."""
 
@@ -130,15 +149,15 @@ def epochs_without_arithmetic(monkeypatch, clock: list[float] | None = None) -> 
 
 
 def test_live_curves_redraw_at_most_every_few_seconds_and_always_after_the_last_epoch(tiny, monkeypatch):
-    """2-second epochs, a redraw at most every 5 s: started after epochs 1, 4, 7 and 10 (each shown at the next
-    epoch, once finished; the last one by final(), at the end)."""
+    """2-second epochs, a redraw at most every 5 s: started after epochs 1, 4, 7 and 10, each shown once ready
+    (here at once); the last one covers the whole run, so final() draws nothing more."""
     clock, jobs, shown = [0.0], [], []
     epochs_without_arithmetic(monkeypatch, clock)
     monkeypatch.setattr(progress, "now", lambda: clock[0])
     monkeypatch.setattr(progress, "renderer", lambda: InPlace(jobs))
     monkeypatch.setattr(train, "live_curves", lambda live=True: progress.LiveCurves(True, live))  # in a notebook
     monkeypatch.setattr(progress, "render", lambda history: {"text/plain": f"{len(history)} epochs"})
-    monkeypatch.setattr(progress.LiveCurves, "show", lambda self, picture: shown.append(picture["text/plain"]))
+    shown_in_a_notebook(monkeypatch, shown)
     fit(tiny, TINY.replace(epochs=10, checkpoint_every_s=1e9))
     assert jobs == ["warm_up", 1, 4, 7, 10, "shutdown"]
     assert shown == ["1 epochs", "4 epochs", "7 epochs", "10 epochs"]
@@ -148,7 +167,7 @@ def test_the_final_figure_is_drawn_where_no_redraw_covers_the_last_epoch(monkeyp
     jobs, shown = [], []
     monkeypatch.setattr(progress, "renderer", lambda: InPlace(jobs))
     monkeypatch.setattr(progress, "render", lambda history: {"text/plain": f"{len(history)} epochs"})
-    monkeypatch.setattr(progress.LiveCurves, "show", lambda self, picture: shown.append(picture["text/plain"]))
+    shown_in_a_notebook(monkeypatch, shown)
     curves = progress.LiveCurves(True, live=True)
     curves.update(history_of([0.1]))
     curves.update(history_of([0.1, 0.1]))  # within 5 s of the first: no redraw
