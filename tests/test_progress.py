@@ -35,9 +35,10 @@ TRAIN = """\
 history = train.fit(TINY.replace(epochs=2), tiny_datasets(), device="cpu", checkpoint_path=Path({path!r}))
 """
 BROKEN_OFF = """\
-for step in progress(range(5), desc="broken off"):
-    if step == 2:
-        raise RuntimeError("a loop that fails half way")
+for step in progress(range(5), desc="kept", unit="step"):  # leave=True, tqdm's default
+    for batch in progress(range(5), desc="not kept", unit="batch", leave=False):
+        if step == 2 and batch == 3:
+            raise RuntimeError("a loop that fails half way")
 """
 OPEN_WIDGETS = """\
 from ipywidgets.widgets.widget import _instances  # every widget model the kernel still holds
@@ -81,8 +82,14 @@ def test_a_notebook_run_with_widget_bars_keeps_no_widget_and_no_stale_bar(tmp_pa
     ), training
     assert len(figures) == 1  # the learning curves, one figure
     broken = [text_of(output) for output in outputs(notebook.cells[2]) if output.output_type == "display_data"]
-    assert broken == [""], broken  # a leave=False bar stopped by an error: nothing left, not a red widget
+    # bars stopped by an error: where it stopped, or nothing (leave=False); no red widget
+    assert len(broken) == 2 and re.fullmatch(r"kept: stopped at 2/5 steps after 00:\d\d", broken[0]), broken
+    assert broken[1] == "", broken
     assert text_of(outputs(notebook.cells[3])[0]) == "0\n"  # closed: no model left to show, save or leak
+
+
+def test_units_read_as_plurals():
+    assert [progress.plural(unit) for unit in ("epoch", "batch", "img", "it")] == ["epochs", "batches", "imgs", "it"]
 
 
 def test_a_finished_bar_reads_as_one_line_of_what_ran_how_long_and_its_figures():

@@ -140,13 +140,21 @@ def close_what_the_cell_left(result=None) -> None:
 def finished_line(bar) -> str:
     """What a bar ran, how long it took and its final figures, e.g.
     'training (quick, cpu): 2/2 epochs in 00:35, val_acc=0.310, lr=0.02'."""
-    count = f"{bar.n:,}/{bar.total:,} {bar.unit}s" if bar.total else f"{bar.n:,} {bar.unit}s"
+    units = plural(bar.unit)
+    count = f"{bar.n:,}/{bar.total:,} {units}" if bar.total else f"{bar.n:,} {units}"
     if bar.initial:
         count += f" ({bar.n - bar.initial:,} now)"
     took = bar.format_interval(bar.format_dict["elapsed"])
     what = f"stopped at {count} after {took}" if bar.total and bar.n < bar.total else f"{count} in {took}"
     line = f"{bar.desc}: {what}" if bar.desc else what
     return f"{line}, {bar.postfix}" if bar.postfix else line
+
+
+def plural(unit: str) -> str:
+    """epoch -> epochs, batch -> batches; tqdm's default unit, it, stays."""
+    if unit == "it":
+        return unit
+    return unit + ("es" if unit.endswith(("s", "x", "sh", "tch")) else "s")
 
 
 # ---------------------------------------------------------------- learning curves
