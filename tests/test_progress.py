@@ -6,6 +6,7 @@ import io
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -196,11 +197,34 @@ def test_outside_a_notebook_no_figure_is_drawn(tiny, monkeypatch):
 def test_the_worker_ignores_ctrl_c_meant_for_the_kernel():
     """Interrupting a kernel signals its process group: the worker must survive it."""
     code = (
-        "import os, signal, time; from helpers.machinery.progress import ignore_ctrl_c; ignore_ctrl_c(); "
+        "import os, signal, time; from helpers.machinery.progress import start_worker; start_worker(os.getppid()); "
         "os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2); print('alive')"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout == "alive\n", (done.returncode, done.stderr)
+
+
+def running(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "\nState:\tZ" not in status.read_text()  # a zombie has exited
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="reads /proc (Linux)")
+def test_the_worker_exits_when_its_kernel_is_killed():
+    """A kernel killed (SIGKILL: no clean-up) would otherwise leave its worker, and its memory, behind."""
+    code = (
+        "import os, time; from helpers.machinery.progress import renderer; "
+        "print(renderer().submit(os.getpid).result(), flush=True); time.sleep(600)"
+    )
+    kernel = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    worker = int(kernel.stdout.readline())
+    assert running(worker)
+    kernel.kill()
+    kernel.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(worker)
 
 
 def test_live_curves_render_the_figure_the_notebook_would_show():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import multiprocessing
+import os
 import signal
 import sys
 import textwrap
@@ -265,11 +266,20 @@ def warm_up() -> None:
     from .. import plots  # noqa: F401 (imported for its cost: torch, matplotlib, seaborn)
 
 
-def ignore_ctrl_c() -> None:
-    """In the worker: interrupting the kernel signals its whole process group, the worker too."""
+def start_worker(parent: int) -> None:
+    """In the worker: ignore Ctrl-C (interrupting a kernel signals its whole process group), and exit once
+    the kernel that started it is gone (a kernel that is killed cannot stop it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=exit_after, args=(parent,), daemon=True).start()
+
+
+def exit_after(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
 
 
 def renderer() -> Executor:
     """A worker process for the redraws of one training run ("spawn": no fork of a process that runs threads)."""
-    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_ctrl_c)
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(1, mp_context=context, initializer=start_worker, initargs=(os.getpid(),))
