@@ -211,13 +211,16 @@ def running(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc").exists(), reason="reads /proc (Linux)")
 def test_the_worker_exits_when_its_kernel_is_killed():
-    """A kernel killed (SIGKILL: no clean-up) would otherwise leave its worker, and its memory, behind."""
+    """A kernel killed (SIGKILL: no clean-up) while its worker has a picture to hand back would leave the worker
+    blocked on the pipe for ever, with its memory: here the worker sends 10 MB after the kernel has gone."""
     code = (
-        "import os, time; from helpers.machinery.progress import renderer; "
-        "print(renderer().submit(os.getpid).result(), flush=True); time.sleep(600)"
+        "import os, time; from helpers.machinery.progress import renderer; pool = renderer(); "
+        "print(pool.submit(os.getpid).result(), flush=True); "
+        "pool.submit(time.sleep, 3); pool.submit(os.urandom, 10**7); time.sleep(600)"
     )
     kernel = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     worker = int(kernel.stdout.readline())
+    time.sleep(1)  # the jobs reach the worker
     assert running(worker)
     kernel.kill()
     kernel.wait(timeout=60)
