@@ -76,21 +76,18 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     found = measure(args.epochs, args.epoch_seconds, args.before)
     updates, final, before = found["updates"], found["final"], found["before"]
-    per_epoch, old = sum(updates) / len(updates), sum(before) / len(before)
-    amortized = (sum(updates) + final) / len(updates)
-    share = f"of a {args.epoch_seconds:g}-second epoch"
+    per_epoch = (sum(updates) + final) / len(updates)
     out = Report(torch.device("cpu"))  # the curves are drawn on the CPU, whatever trains
     out(f"a Jupyter kernel, {args.epochs} epochs of {args.epoch_seconds:g} s each (waiting, as for a GPU)")
+    out(f"old way, the figure redrawn in the loop after every epoch: {sum(before) / len(before):.3f} s an epoch")
     out(
-        f"old way, the figure redrawn in the loop after every epoch: {old:.3f} s an epoch, {old / args.epoch_seconds:.0%} {share}"
+        f"now: update() {sum(updates) / len(updates) * 1000:.1f} ms an epoch on average "
+        f"(longest {max(updates) * 1000:.1f} ms), {found['redraws_shown']} redraws shown while training"
     )
+    out(f"     final drawing after the last epoch: {final:.3f} s")
     out(
-        f"now, while training: {per_epoch * 1000:.1f} ms an epoch on average (longest {max(updates) * 1000:.1f} ms), "
-        f"{per_epoch / args.epoch_seconds:.2%} {share}; {found['redraws_shown']} redraws shown meanwhile"
-    )
-    out(
-        f"now, after the last epoch: the final figure, {final:.3f} s once "
-        f"(spread over the {args.epochs} epochs: {amortized * 1000:.1f} ms, {amortized / args.epoch_seconds:.1%} {share})"
+        f"     all of it over the run: {per_epoch * 1000:.1f} ms an epoch, "
+        f"{per_epoch / args.epoch_seconds:.1%} of a {args.epoch_seconds:g}-second epoch"
     )
     if args.save:
         out.save("live_curves")
