@@ -32,7 +32,7 @@ rows = [
 history = pd.DataFrame(rows).set_index("epoch")
 shown = []
 real_show = progress.LiveCurves.show
-progress.LiveCurves.show = lambda self, picture: (shown.append(1), real_show(self, picture))[1]
+progress.LiveCurves.show = lambda self, picture, epochs: (shown.append(epochs), real_show(self, picture, epochs))[1]
 
 def timed(call):
     start = time.perf_counter()
@@ -43,7 +43,7 @@ before = []  # the old way: the figure drawn and rendered in the loop after ever
 old = progress.LiveCurves(True)
 for epoch in range(1, BEFORE + 1):
     time.sleep(EPOCH_S)
-    before.append(timed(lambda: old.show(progress.render(history.iloc[:epoch]))))
+    before.append(timed(lambda: old.show(progress.render(history.iloc[:epoch]), epoch)))
 
 curves = progress.live_curves()
 assert curves.live, "live redraws are off: run with CIFAR10_PROGRESS=auto"
@@ -52,7 +52,7 @@ updates = []
 for epoch in range(1, EPOCHS + 1):
     time.sleep(EPOCH_S)
     updates.append(timed(lambda: curves.update(history.iloc[:epoch])))
-redraws_shown = len(shown)
+redraws_shown = len(shown)  # shown by the thread that receives them, while the loop runs on
 final = timed(lambda: curves.final(history))
 print(json.dumps(dict(before=before, updates=updates, final=final, redraws_shown=redraws_shown)))
 """

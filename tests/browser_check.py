@@ -150,7 +150,7 @@ class Lab:
         """The text of every rendered output of the open notebook, each cell scrolled into view in turn
         (JupyterLab renders only the cells near the view)."""
         count = self.js("return window.jupyterapp.shell.currentWidget.content.widgets.length;")
-        texts: dict[str, str] = {}
+        texts: list[str] = []
         for index in range(count):
             self.js(
                 "const nb = window.jupyterapp.shell.currentWidget.content;"
@@ -158,9 +158,8 @@ class Lab:
                 index,
             )
             time.sleep(0.3)
-            for element in self.browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output"):
-                texts[element.id] = element.text
-        return list(texts.values())
+            texts += [element.text for element in self.browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")]
+        return texts
 
     def widgets_shown(self) -> int:
         return len(self.browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output .widget-hprogress"))
@@ -229,19 +228,24 @@ def main(argv=None) -> int:
                 failures.append(f"{path.name} opened as modified")
             if not lab.close_tab_asks_nothing(path.stem):
                 failures.append(f"closing the unchanged {path.name} asked something")
+            print(f"opened and closed {path.name}", flush=True)
         name = f"notebooks/{args.notebook}"
         lab.open(name)
         lab.shot("opened")
         lab.menu("Run", "Run All Cells")
+        print(f"Run All Cells on {name} ...", flush=True)
         started = time.monotonic()
         seen_widgets = 0
-        while time.monotonic() - started < 60 * 60 and (time.monotonic() - started < 20 or lab.running()):
+        while time.monotonic() - started < 3 * 60 * 60 and (time.monotonic() - started < 20 or lab.running()):
             if lab.widgets_shown() and not seen_widgets:
                 lab.scroll_to_text("train.fit(")
                 seen_widgets = lab.widgets_shown()
                 lab.shot("a-widget-bar-while-it-runs")
             time.sleep(5)
-        print(f"Run All took {time.monotonic() - started:.0f} s; widget bars seen while running: {seen_widgets}")
+        print(
+            f"Run All took {time.monotonic() - started:.0f} s; widget bars seen while running: {seen_widgets}",
+            flush=True,
+        )
         lab.scroll_to_text("train.fit(")
         lab.shot("after-run-all")
         failures += [f"after the run: {text[:160]!r}" for text in stale(lab.rendered_outputs())]

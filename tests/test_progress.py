@@ -6,6 +6,7 @@ import io
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -35,9 +36,10 @@ TRAIN = """\
 history = train.fit(TINY.replace(epochs=2), tiny_datasets(), device="cpu", checkpoint_path=Path({path!r}))
 """
 BROKEN_OFF = """\
-for step in progress(range(5), desc="broken off"):
-    if step == 2:
-        raise RuntimeError("a loop that fails half way")
+for step in progress(range(5), desc="kept", unit="step"):  # leave=True, tqdm's default
+    for batch in progress(range(5), desc="not kept", unit="batch", leave=False):
+        if step == 2 and batch == 3:
+            raise RuntimeError("a loop that fails half way")
 """
 OPEN_WIDGETS = """\
 from ipywidgets.widgets.widget import _instances  # every widget model the kernel still holds
@@ -81,8 +83,14 @@ def test_a_notebook_run_with_widget_bars_keeps_no_widget_and_no_stale_bar(tmp_pa
     ), training
     assert len(figures) == 1  # the learning curves, one figure
     broken = [text_of(output) for output in outputs(notebook.cells[2]) if output.output_type == "display_data"]
-    assert broken == [""], broken  # a leave=False bar stopped by an error: nothing left, not a red widget
+    # bars stopped by an error: where it stopped, or nothing (leave=False); no red widget
+    assert len(broken) == 2 and re.fullmatch(r"kept: stopped at 2/5 steps after 00:\d\d", broken[0]), broken
+    assert broken[1] == "", broken
     assert text_of(outputs(notebook.cells[3])[0]) == "0\n"  # closed: no model left to show, save or leak
+
+
+def test_units_read_as_plurals():
+    assert [progress.plural(unit) for unit in ("epoch", "batch", "img", "it")] == ["epochs", "batches", "imgs", "it"]
 
 
 def test_a_finished_bar_reads_as_one_line_of_what_ran_how_long_and_its_figures():
@@ -96,6 +104,25 @@ def test_a_finished_bar_reads_as_one_line_of_what_ran_how_long_and_its_figures()
 
 
 # ---------------------------------------------------------------- live curves
+
+
+class Handle:
+    def __init__(self, shown: list):
+        self.shown = shown
+
+    def update(self, picture, raw):
+        self.shown.append(picture["text/plain"])
+
+
+def shown_in_a_notebook(monkeypatch, shown: list) -> None:
+    """IPython's display, recording the text of each picture shown or updated."""
+    import IPython.display
+
+    def display(picture, raw, display_id):
+        shown.append(picture["text/plain"])
+        return Handle(shown)
+
+    monkeypatch.setattr(IPython.display, "display", display)
 
 
 class InPlace:
@@ -130,15 +157,15 @@ def epochs_without_arithmetic(monkeypatch, clock: list[float] | None = None) -> 
 
 
 def test_live_curves_redraw_at_most_every_few_seconds_and_always_after_the_last_epoch(tiny, monkeypatch):
-    """2-second epochs, a redraw at most every 5 s: started after epochs 1, 4, 7 and 10 (each shown at the next
-    epoch, once finished; the last one by final(), at the end)."""
+    """2-second epochs, a redraw at most every 5 s: started after epochs 1, 4, 7 and 10, each shown once ready
+    (here at once); the last one covers the whole run, so final() draws nothing more."""
     clock, jobs, shown = [0.0], [], []
     epochs_without_arithmetic(monkeypatch, clock)
     monkeypatch.setattr(progress, "now", lambda: clock[0])
     monkeypatch.setattr(progress, "renderer", lambda: InPlace(jobs))
     monkeypatch.setattr(train, "live_curves", lambda live=True: progress.LiveCurves(True, live))  # in a notebook
     monkeypatch.setattr(progress, "render", lambda history: {"text/plain": f"{len(history)} epochs"})
-    monkeypatch.setattr(progress.LiveCurves, "show", lambda self, picture: shown.append(picture["text/plain"]))
+    shown_in_a_notebook(monkeypatch, shown)
     fit(tiny, TINY.replace(epochs=10, checkpoint_every_s=1e9))
     assert jobs == ["warm_up", 1, 4, 7, 10, "shutdown"]
     assert shown == ["1 epochs", "4 epochs", "7 epochs", "10 epochs"]
@@ -148,7 +175,7 @@ def test_the_final_figure_is_drawn_where_no_redraw_covers_the_last_epoch(monkeyp
     jobs, shown = [], []
     monkeypatch.setattr(progress, "renderer", lambda: InPlace(jobs))
     monkeypatch.setattr(progress, "render", lambda history: {"text/plain": f"{len(history)} epochs"})
-    monkeypatch.setattr(progress.LiveCurves, "show", lambda self, picture: shown.append(picture["text/plain"]))
+    shown_in_a_notebook(monkeypatch, shown)
     curves = progress.LiveCurves(True, live=True)
     curves.update(history_of([0.1]))
     curves.update(history_of([0.1, 0.1]))  # within 5 s of the first: no redraw
@@ -170,11 +197,37 @@ def test_outside_a_notebook_no_figure_is_drawn(tiny, monkeypatch):
 def test_the_worker_ignores_ctrl_c_meant_for_the_kernel():
     """Interrupting a kernel signals its process group: the worker must survive it."""
     code = (
-        "import os, signal, time; from helpers.machinery.progress import ignore_ctrl_c; ignore_ctrl_c(); "
+        "import os, signal, time; from helpers.machinery.progress import start_worker; start_worker(os.getppid()); "
         "os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2); print('alive')"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout == "alive\n", (done.returncode, done.stderr)
+
+
+def running(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "\nState:\tZ" not in status.read_text()  # a zombie has exited
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="reads /proc (Linux)")
+def test_the_worker_exits_when_its_kernel_is_killed():
+    """A kernel killed (SIGKILL: no clean-up) while its worker has a picture to hand back would leave the worker
+    blocked on the pipe for ever, with its memory: here the worker sends 10 MB after the kernel has gone."""
+    code = (
+        "import os, time; from helpers.machinery.progress import renderer; pool = renderer(); "
+        "print(pool.submit(os.getpid).result(), flush=True); "
+        "pool.submit(time.sleep, 3); pool.submit(os.urandom, 10**7); time.sleep(600)"
+    )
+    kernel = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    worker = int(kernel.stdout.readline())
+    time.sleep(1)  # the jobs reach the worker
+    assert running(worker)
+    kernel.kill()
+    kernel.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(worker)
 
 
 def test_live_curves_render_the_figure_the_notebook_would_show():

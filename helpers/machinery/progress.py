@@ -14,11 +14,14 @@ frozen at "0%".
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import multiprocessing
+import os
 import signal
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING
@@ -140,13 +143,21 @@ def close_what_the_cell_left(result=None) -> None:
 def finished_line(bar) -> str:
     """What a bar ran, how long it took and its final figures, e.g.
     'training (quick, cpu): 2/2 epochs in 00:35, val_acc=0.310, lr=0.02'."""
-    count = f"{bar.n:,}/{bar.total:,} {bar.unit}s" if bar.total else f"{bar.n:,} {bar.unit}s"
+    units = plural(bar.unit)
+    count = f"{bar.n:,}/{bar.total:,} {units}" if bar.total else f"{bar.n:,} {units}"
     if bar.initial:
         count += f" ({bar.n - bar.initial:,} now)"
     took = bar.format_interval(bar.format_dict["elapsed"])
     what = f"stopped at {count} after {took}" if bar.total and bar.n < bar.total else f"{count} in {took}"
     line = f"{bar.desc}: {what}" if bar.desc else what
     return f"{line}, {bar.postfix}" if bar.postfix else line
+
+
+def plural(unit: str) -> str:
+    """epoch -> epochs, batch -> batches; tqdm's default unit, it, stays."""
+    if unit == "it":
+        return unit
+    return unit + ("es" if unit.endswith(("s", "x", "sh", "tch")) else "s")
 
 
 # ---------------------------------------------------------------- learning curves
@@ -157,46 +168,54 @@ class LiveCurves:
 
     While training runs (`live`), a redraw starts at most every REDRAW_EVERY_S seconds, in a worker
     process: drawing and rendering the figure takes about a second of CPU, which in the training
-    process would leave the GPU idle. The training loop only hands over the history and shows a
-    finished picture. `final` draws the whole run here once training has ended, and lets the worker
-    go. Outside a notebook nothing is drawn: the text progress bar says enough there."""
+    process would leave the GPU idle. The loop only hands over the history; the picture is shown as
+    soon as it is ready, from the thread that receives it. `final` shows the whole run once training
+    has ended (drawn here unless the last redraw covers it) and lets the worker go. Outside a notebook
+    nothing is drawn: the text progress bar says enough there."""
 
     def __init__(self, enabled: bool, live: bool = False):
         self.enabled = enabled
         self.live = enabled and live
         self.handle: DisplayHandle | None = None
-        self.pending: Future | None = None  # the redraw running in the worker
+        self.pending: Future | None = None  # the latest redraw given to the worker
         self.pending_epochs = 0  # the epochs it draws
+        self.shown_epochs = 0  # the epochs of the figure on show
         self.started = -float("inf")  # when the latest redraw started (now())
         self.worker: Executor | None = None
+        self.lock = threading.Lock()  # a picture is shown by the loop's thread or the worker's result thread
         if self.live:
             self.submit(warm_up)  # the worker starts and imports while the first epoch runs
 
     def update(self, history: pd.DataFrame) -> None:
-        """After an epoch: show a redraw that has finished, start the next one if it is time. Never waits."""
-        if not self.live:
-            return
-        if self.pending is not None and self.pending.done():
-            finished, self.pending = self.pending, None
-            if finished.exception() is None:
-                self.show(finished.result())
-            else:  # the worker failed: the final figure still comes
-                self.stop_redrawing()
-                return
-        if self.pending is None and now() - self.started >= REDRAW_EVERY_S:
+        """After an epoch: start a redraw if none runs and REDRAW_EVERY_S have passed. Never waits."""
+        idle = self.pending is None or self.pending.done()
+        if self.live and idle and now() - self.started >= REDRAW_EVERY_S:
             self.started, self.pending_epochs = now(), len(history)
             self.pending = self.submit(render, history)
+            if self.pending is not None:
+                self.pending.add_done_callback(functools.partial(self.redrawn, epochs=len(history)))
+
+    def redrawn(self, done: Future, epochs: int) -> None:
+        """A redraw is ready: show it, unless training has ended or a newer one is on show."""
+        failed = done.cancelled() or done.exception() is not None
+        with self.lock:
+            if failed:
+                self.live = False  # the worker failed: the final figure still comes
+            elif self.live and epochs > self.shown_epochs:
+                self.show(done.result(), epochs)
 
     def final(self, history: pd.DataFrame) -> None:
         """The curves of the whole run: the cell waits for them once training has ended. The redraw of the
         last epoch, if one runs, is waited for rather than drawn twice; otherwise they are drawn here."""
+        with self.lock:
+            self.live = False  # from now on no redraw is shown
         pending = self.pending if self.pending_epochs == len(history) else None
         # cancel() fails for a redraw already running: that one is waited for (exception() waits)
         waited = pending is not None and not pending.cancel() and pending.exception() is None
         picture = pending.result() if pending is not None and waited else None
         self.stop_redrawing()
-        if self.enabled and len(history):
-            self.show(picture or render(history))
+        if self.enabled and len(history) and self.shown_epochs != len(history):
+            self.show(picture or render(history), len(history))
 
     def submit(self, function, *args) -> Future | None:
         try:
@@ -213,13 +232,14 @@ class LiveCurves:
             self.worker.shutdown(wait=False, cancel_futures=True)
             self.worker = None
 
-    def show(self, picture: dict) -> None:
+    def show(self, picture: dict, epochs: int) -> None:
         from IPython.display import display
 
         if self.handle is None:
             self.handle = display(picture, raw=True, display_id=True)
         else:
             self.handle.update(picture, raw=True)
+        self.shown_epochs = epochs
 
 
 def now() -> float:
@@ -248,11 +268,20 @@ def warm_up() -> None:
     from .. import plots  # noqa: F401 (imported for its cost: torch, matplotlib, seaborn)
 
 
-def ignore_ctrl_c() -> None:
-    """In the worker: interrupting the kernel signals its whole process group, the worker too."""
+def start_worker(parent: int) -> None:
+    """In the worker: ignore Ctrl-C (interrupting a kernel signals its whole process group), and exit once
+    the kernel that started it is gone (a kernel that is killed cannot stop it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=exit_after, args=(parent,), daemon=True).start()
+
+
+def exit_after(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
 
 
 def renderer() -> Executor:
     """A worker process for the redraws of one training run ("spawn": no fork of a process that runs threads)."""
-    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_ctrl_c)
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(1, mp_context=context, initializer=start_worker, initargs=(os.getpid(),))
