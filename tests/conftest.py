@@ -50,7 +50,17 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture(autouse=True)
-def isolated_outputs(tmp_path, monkeypatch):
+def environment_put_back():
+    """The environment is put back after each test, whole, after monkeypatch's own undo: series.main sets
+    CIFAR10_FRESH for the kernels it starts, and a later test's fit would otherwise start fresh."""
+    before = os.environ.copy()
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
+
+@pytest.fixture(autouse=True)
+def isolated_outputs(environment_put_back, tmp_path, monkeypatch):
     """Figures, checkpoints and histories of a test go to its own temporary folder."""
     monkeypatch.setenv("CIFAR10_OUTPUT", str(tmp_path / "out"))
     monkeypatch.setenv("CIFAR10_PROGRESS", os.environ.get("CIFAR10_PROGRESS", "off"))
