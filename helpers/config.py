@@ -48,7 +48,7 @@ class Config:
     momentum: float = 0.9
     weight_decay: float = 5e-4  # L2 penalty, applied by SGD to every parameter
     plateau_factor: float = 0.5  # ReduceLROnPlateau: lr *= factor ...
-    plateau_patience: int = 10  # ... after this many epochs without a lower validation loss
+    plateau_patience: int = 10  # ... after more than this many epochs in a row without a lower validation loss
     # Execution: how the arithmetic runs, not what is computed (a run may resume under another)
     precision: str = "auto"  # auto (from the hardware: execution.AUTO), bf16, fp16 (CUDA only) or fp32
     compile: bool = False  # torch.compile the model
