@@ -6,8 +6,8 @@ measurement behind auto costs, the first time and once remembered.
 First auto is resolved twice with an empty cache of its own (CIFAR10_CACHE in a temporary folder, so the
 user's is left alone): the first call times the training step (machinery/autotune.py), the second reads
 what the first remembered. Then each contender trains one epoch on the same real CIFAR-10 training images
-through train.fit, a fresh run each time, in rounds (one fit of each contender, then the next round), so
-that other load on the machine slows them alike. The contenders: auto as resolved, fp32 and bf16
+through train.fit, a fresh run each time, in rounds (one fit of each contender, then the next round, each round starting with the next
+contender), so that other load on the machine, and going first, slow them alike. The contenders: auto as resolved, fp32 and bf16
 (channels_last, as asked for by --precision), and fp32 with oneDNN's implicit bf16 convolutions
 (torch.backends.mkldnn.conv.fp32_precision = "bf16": fp32 tensors, bf16 arithmetic inside convolutions;
 no precision name offers it yet). Each contender's median images/s over the rounds is reported.
@@ -103,8 +103,11 @@ def main(argv=None) -> None:
             "fp32 + implicit bf16 convolutions": (resolve(CPU, "fp32"), implicit_bf16_convolutions),
         }
         seconds: dict[str, list[float]] = {name: [] for name in contenders}
+        names = list(contenders)
         for round_ in range(args.rounds):
-            for name, (execution, context) in contenders.items():
+            turn = round_ % len(names)  # each round starts with the next contender: no one is always first
+            for name in names[turn:] + names[:turn]:
+                execution, context = contenders[name]
                 seconds[name].append(fit_seconds(datasets, execution, context, Path(scratch)))
             out(f"round {round_ + 1}: " + ", ".join(f"{n} {args.images / s[-1]:.1f}" for n, s in seconds.items()))
     rates = {name: args.images / statistics.median(values) for name, values in seconds.items()}
