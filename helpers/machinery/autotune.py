@@ -3,8 +3,9 @@
 A CPU's flags do not say which precision trains fastest. All three CPUs below compute bf16 natively
 (AVX512-BF16), yet bf16 autocast trained 2.5x as fast as fp32 on an AMD Zen 4, 0.77x as fast on an Intel
 Xeon whose virtual machine hides AMX, and 2.0x on an Intel Xeon (family 6 model 207) with AMX visible, where
-it had measured 0.45x while ten other jobs shared its two cores (benchmarks/results/). So the flags only say what is worth timing: bf16 where it is
-native (emulated bf16 was 19x slower on an AVX2 EPYC, too slow to time even once), and the clock decides: bf16 only when it is at least MIN_GAIN times as fast as fp32.
+it had measured 0.45x while ten other jobs shared its two cores (benchmarks/results/). So the flags only say
+what is worth timing: bf16 where it is native (emulated bf16 was 19x slower on an AVX2 EPYC, too slow to
+time even once), and the clock decides: bf16 only when it is at least MIN_GAIN times as fast as fp32.
 
 The result goes into a small JSON file in the cache directory (`cache_dir`), keyed by CPU model, CPU flags,
 torch version, threads and batch size: measuring (at most about BUDGET_S seconds) is paid once per machine,
