@@ -6,9 +6,10 @@ measurement behind auto costs, the first time and once remembered.
 First auto is resolved twice with an empty cache of its own (CIFAR10_CACHE in a temporary folder, so the
 user's is left alone): the first call times the training step (machinery/autotune.py), the second reads
 what the first remembered. Then each contender trains one epoch on the same real CIFAR-10 training images
-through train.fit, a fresh run each time, in rounds (one fit of each contender, then the next round, each round starting with the next
-contender), so that other load on the machine, and going first, slow them alike. The contenders: auto as resolved, fp32 and bf16
-(channels_last, as asked for by --precision), and fp32 with oneDNN's implicit bf16 convolutions
+through train.fit, a fresh run each time, in rounds (one fit of each contender, then the next round, each
+round starting with the next contender), so that other load on the machine, and going first, slow them
+alike. The contenders: auto as resolved, fp32 and bf16 (channels_last, as asked for by --precision), and
+fp32 with oneDNN's implicit bf16 convolutions
 (torch.backends.mkldnn.conv.fp32_precision = "bf16": fp32 tensors, bf16 arithmetic inside convolutions;
 no precision name offers it yet). Each contender's median images/s over the rounds is reported.
 """
