@@ -88,7 +88,8 @@ def main(argv=None) -> None:
             f"measuring, first run (empty cache): {first:.1f} s wall, {first_cpu:.1f} s CPU time; "
             f"second run (remembered): {second * 1000:.1f} ms"
         )
-        assert again.precision == auto.precision and again.measured and again.measured.remembered
+        if not (again.measured and again.measured.remembered):
+            out("(not remembered: the machine was busy, so the second run measured again; see machinery/autotune.py)")
         if args.rounds == 0:
             return
 

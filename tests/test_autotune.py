@@ -40,6 +40,7 @@ def measuring(tmp_path, monkeypatch):
     """Measuring on (conftest turns it off for every other test), into an empty cache of this test's."""
     monkeypatch.delenv(autotune.SWITCH_ENV, raising=False)
     monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(autotune, "load_average", lambda: 0.0)  # an idle machine, whatever this one is doing
     return tmp_path / "cache" / autotune.CACHE_FILE
 
 
@@ -266,3 +267,18 @@ def test_a_run_resumed_on_another_cpu_chooses_again_there(measuring, tiny, tmp_p
     assert json.loads(checkpoint.companion(path, "metrics.json").read_text())["execution"] == " then ".join(
         history.execution
     )
+
+
+def test_a_measurement_on_a_busy_machine_is_used_but_not_remembered(measuring, monkeypatch, capsys):
+    """Ten other jobs on two cores once made bf16 measure 0.45x fp32 on a Xeon where it is 2.0x idle."""
+    monkeypatch.setattr(autotune, "load_average", lambda: 20.0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    busy = FakeTimer({"fp32": 18.2, "bf16": 8.2})
+    assert execution.resolve(CPU, facts=XEON, timer=busy).precision == "fp32"  # used for this run
+    assert "busy (load average 20.0 on 2 threads)" in capsys.readouterr().err
+    assert not measuring.exists()
+    monkeypatch.setattr(autotune, "load_average", lambda: 0.3)
+    idle = FakeTimer({"fp32": 60.0, "bf16": 118.3})
+    assert execution.resolve(CPU, facts=XEON, timer=idle).precision == "bf16"  # measured again, idle
+    assert idle.asked == [["fp32", "bf16"]] and measuring.exists()
+    assert execution.resolve(CPU, facts=XEON, timer=idle).precision == "bf16" and len(idle.asked) == 1

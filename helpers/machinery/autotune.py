@@ -9,7 +9,8 @@ time even once), and the clock decides: bf16 only when it is at least MIN_GAIN t
 
 The result goes into a small JSON file in the cache directory (`cache_dir`), keyed by CPU model, CPU flags,
 torch version, threads and batch size: measuring (at most about BUDGET_S seconds) is paid once per machine,
-and a torch upgrade or another thread count measures again. CIFAR10_MEASURE=off skips measuring (the
+and a torch upgrade or another thread count measures again. A measurement taken while other work keeps the
+cores busy is used but not remembered (`other_work`). CIFAR10_MEASURE=off skips measuring (the
 capability table decides, as before measuring existed): the test command's notebooks run with it.
 """
 
@@ -95,11 +96,33 @@ def measured(facts: Hardware, batch_size: int | None = None, timer: Timer | None
         file=sys.stderr,
         flush=True,
     )
+    busy = other_work(torch.get_num_threads())  # looked at before measuring: the measuring is load too
     start = time.perf_counter()
     rates = (timer or training_timer(facts, batch_size))(options)
     measurement = Measurement(choose(rates), tuple(rates.items()), time.perf_counter() - start)
-    remember(key, measurement)
+    if busy:
+        print(f"{busy}: this measurement holds for this run only; it is taken again next time.", file=sys.stderr)
+    else:
+        remember(key, measurement)
     return measurement
+
+
+def load_average() -> float | None:
+    """The system's load average over the last minute; None where the platform has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def other_work(threads: int) -> str | None:
+    """Why a measurement taken now would not hold for this machine, or None. Other work on its cores slows
+    the precisions unequally: on a 2-core Intel Xeon with AMX, bf16 measured 0.45x fp32 with about ten other
+    jobs running and 2.0x idle. Busy: more runnable work over the last minute than the threads torch uses."""
+    load = load_average()
+    if load is None or load <= threads:
+        return None
+    return f"This machine is busy (load average {load:.1f} on {threads} threads)"
 
 
 # ---------------------------------------------------------------- remembering
