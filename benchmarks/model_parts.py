@@ -82,7 +82,7 @@ def main(argv=None) -> int:
                 print(f"wrote {written.name} ({written.stat().st_size / 2**20:.1f} MiB)")
         else:
             state = join(args.source, args.target)
-            print(f"wrote {args.target.name}: {state['config']['name']}, epoch {state['epoch']}")
+            print(f"wrote {args.target}: {state['config']['name']}, epoch {state['epoch']}")
     except checkpoint.CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
