@@ -95,6 +95,48 @@ def test_an_image_rewritten_after_a_load_is_decoded_again(tmp_path, capsys):
     assert torch.equal(splits["test"].images[6], torch.from_numpy(255 - written["test"][6]).permute(2, 0, 1))
 
 
+def test_an_archive_written_again_with_the_same_bytes_keeps_its_cache(tmp_path, capsys, monkeypatch):
+    write_tree(tmp_path / "tree")
+    archive = make_archive(tmp_path / "tree", tmp_path / "c.tar.gz")
+    first = data.load_raw(archive, tmp_path / "cache", per_class=SMALL)
+    archive.write_bytes(archive.read_bytes())  # a copy or a new download of the same archive: a new time
+    later = archive.stat().st_mtime_ns + 1_000_000_000
+    os.utime(archive, ns=(later, later))
+    capsys.readouterr()
+    monkeypatch.setattr(data, "read_image_folders", lambda *a, **k: pytest.fail("decoded again"))
+    again = data.load_raw(archive, tmp_path / "cache", per_class=SMALL)
+    assert capsys.readouterr().err == ""
+    assert torch.equal(again["train"].images, first["train"].images)
+
+
+def test_an_archive_with_other_bytes_is_decoded_again(tmp_path, capsys):
+    write_tree(tmp_path / "tree")
+    archive = make_archive(tmp_path / "tree", tmp_path / "c.tar.gz")
+    data.load_raw(archive, tmp_path / "cache", per_class=SMALL)
+    other = write_tree(tmp_path / "other", seed=1)
+    make_archive(tmp_path / "other", archive)
+    capsys.readouterr()
+    splits = data.load_raw(archive, tmp_path / "cache", per_class=SMALL)
+    assert "is stale" in one_line(capsys.readouterr().err)
+    assert torch.equal(splits["test"].images, torch.from_numpy(other["test"]).permute(0, 3, 1, 2))
+
+
+def test_a_cache_of_an_older_format_is_not_read_and_is_removed_by_the_next_write(tmp_path):
+    written = write_tree(tmp_path / "tree")
+    data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+    [cache] = cache_files(tmp_path / "cache")
+    saved = torch.load(cache, weights_only=True)
+    saved["meta"]["version"] = 2
+    saved["tensors"]["train/images"] = torch.zeros_like(saved["tensors"]["train/images"])  # must not be read
+    older = cache.with_name(cache.name.replace("-v3.pt", "-v2.pt"))
+    assert older != cache, f"this test expects caches of version 3, named *-v3.pt; got {cache.name}"
+    torch.save(saved, older)
+    cache.unlink()
+    splits = data.load_raw(tmp_path / "tree", tmp_path / "cache", per_class=SMALL)
+    assert torch.equal(splits["train"].images, torch.from_numpy(written["train"]).permute(0, 3, 1, 2))
+    assert cache_files(tmp_path / "cache") == [cache]  # the older one is gone
+
+
 def damage(path: Path, found: bytes, replacement: bytes) -> None:
     """Overwrite bytes of the file where `found` is stored, as a bad disk or a stray write would."""
     stored = bytearray(path.read_bytes())

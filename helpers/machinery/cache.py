@@ -20,7 +20,8 @@ from ..config import shown_path
 from . import fingerprint
 from .atomic import replacing
 
-VERSION = 2  # 2: keyed by the source's contents, checksummed; bump when what a cache holds changes
+VERSION = 3  # 2: keyed by the source's contents, checksummed; 3: an archive by its bytes alone. Bump when
+# what a cache holds or how it is keyed changes (older caches are then decoded again and removed)
 
 
 class Unusable(Exception):

@@ -1,10 +1,11 @@
 """What a data source holds, and what a set of tensors holds, each as a short string.
 
 A source's contents are listed so that any change shows: for a folder, every file's relative path,
-size and modification time (its manifest, one directory walk); for an archive, its size, time and a
-SHA-256 of its bytes. A checksum of tensors (SHA-256 over their names, dtypes, shapes and bytes) tells
-whether tensors are the ones written, and is the data's content fingerprint: equal for equal pixels
-and labels, wherever they came from.
+size and modification time (its manifest, one directory walk); for an archive, its size and a SHA-256
+of its bytes, not its time, so that a copy or a new download of the same bytes is the same archive.
+A checksum of tensors (SHA-256 over their names, dtypes, shapes and bytes) tells whether tensors are
+the ones written, and is the data's content fingerprint: equal for equal pixels and labels, wherever
+they came from.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def contents(source: Path) -> list[str]:
     stat = source.stat()
     with open(source, "rb") as file:
         digest = hashlib.file_digest(file, "sha256").hexdigest()
-    return [f"{source.name}\t{stat.st_size}\t{stat.st_mtime_ns}\tsha256:{digest}"]
+    return [f"{source.name}\t{stat.st_size}\tsha256:{digest}"]
 
 
 def manifest(root: Path) -> list[str]:
