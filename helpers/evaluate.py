@@ -258,7 +258,9 @@ def with_temperature(p: Predictions, temperature: float) -> Predictions:
 
 
 def main(argv=None) -> int:
-    from . import plots  # matplotlib: only the command line draws here
+    import matplotlib.pyplot as plt  # matplotlib: only the command line draws here
+
+    from . import plots
 
     parser = argparse.ArgumentParser(
         prog="python -m helpers.evaluate",
@@ -305,13 +307,11 @@ def main(argv=None) -> int:
     )
     print(f"data: {data.description}")
     print(per_class_report(cm).round(3).to_string())
-    for name, fig in (
-        ("confusion_matrix", plots.confusion_matrix(cm, data_label=data.description)),
-        ("confusion_matrix_normalized", plots.confusion_matrix(cm, normalize=True, data_label=data.description)),
-    ):
-        print(
-            "wrote", config.shown_path(plots.save(fig, figure_name(path, name, data), folder=path.parent))
-        )  # beside the run
+    for name, as_shares in (("confusion_matrix", False), ("confusion_matrix_normalized", True)):
+        fig = plots.confusion_matrix(cm, normalize=as_shares, data_label=data.description)
+        written = plots.save(fig, figure_name(path, name, data), folder=path.parent)  # beside the run
+        plt.close(fig)  # drawn for the file: nothing left open in a notebook or test that calls main()
+        print("wrote", config.shown_path(written))
     if args.json:
         results = {
             "checkpoint": config.shown_path(path),

@@ -452,7 +452,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from . import plots  # matplotlib: only the command line draws here
+    from matplotlib.figure import Figure  # matplotlib: only the command line draws here
+
+    from . import plots
 
     args = parse_args(argv)
     cfg = args.config
@@ -470,7 +472,8 @@ def main(argv=None) -> int:
         return 130
     path = Path(args.checkpoint or config.checkpoint_path(cfg))
     curves = checkpoint.companion(path, "learning_curves").name  # runs of one configuration keep their own
-    saved = plots.save(plots.learning_curves(history), curves, folder=path.parent)  # beside the run
+    # A figure outside pyplot, beside the run: nothing is left open in a notebook or test that calls main()
+    saved = plots.save(plots.learning_curves(history, Figure()), curves, folder=path.parent)
     print(json.dumps(summarize(history, datasets.label), indent=2))
     history_csv, metrics_json = (checkpoint.companion(path, name).name for name in ("history.csv", "metrics.json"))
     print(

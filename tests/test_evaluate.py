@@ -3,6 +3,7 @@ numbers; loading checkpoints (deterministic, clear errors); flip TTA; the comman
 
 import re
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -190,6 +191,7 @@ def test_the_command_line_reports_a_missing_checkpoint_and_exits_2(tmp_path, cap
 
 @pytest.mark.slow
 def test_evaluate_cli_reports_the_checkpoint_the_train_cli_wrote(quick_run, real_source, capsys):
+    open_before = plt.get_fignums()
     assert evaluate.main(["--checkpoint", str(quick_run), "--data", str(real_source), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     line = re.search(
@@ -204,3 +206,4 @@ def test_evaluate_cli_reports_the_checkpoint_the_train_cli_wrote(quick_run, real
     # overall accuracy = support-weighted mean recall, from the printed (rounded) table
     weighted_recall = sum(float(row[2]) * int(row[4]) for row in rows) / 2000
     assert abs(weighted_recall - float(line.group(1)) / 100) < 0.001
+    assert out.count("wrote ") == 2 and plt.get_fignums() == open_before  # saved, and closed

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import nbformat
 import pandas as pd
 import pytest
@@ -170,11 +171,13 @@ def test_a_checkpoint_from_before_widths_is_a_full_width_run(full_width_checkpoi
 
 @pytest.mark.slow
 def test_the_command_line_reuses_a_finished_run(quick_run, real_source, capsys, monkeypatch):
-    before = digest(quick_run)
+    before, open_figures = digest(quick_run), plt.get_fignums()
     monkeypatch.setattr(train, "train_epoch", no_training)
     assert train.main(["--quick", "--data", str(real_source), "--device", "cpu", "--checkpoint", str(quick_run)]) == 0
-    assert "holds a finished run of this configuration (2 epochs): reusing it" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "holds a finished run of this configuration (2 epochs): reusing it" in out
     assert digest(quick_run) == before
+    assert "learning_curves.png" in out and plt.get_fignums() == open_figures  # drawn to its file, none left open
 
 
 # ---------------------------------------------------------------- real processes, stopped for real
